@@ -1,0 +1,123 @@
+"""Stage 1: train the HR or the LR classifier with cross-entropy.
+
+``--mode hr`` trains on full-resolution images, ``--mode lr`` on images downsampled to ``--img_size``
+by nearest sampling (the LR image the policy sees). Writes to --cv_dir: ckpt_last.pt / ckpt_best.pt
+(stage "classifier_hr" or "classifier_lr", weights "state_dict"; best = test accuracy), metrics.jsonl,
+TensorBoard logs under log/, args.json.
+
+    python classifier_training.py --model R32_C10 --lr 1e-1 --cv_dir cv/c10_hr --batch_size 128 --img_size 32 --mode hr
+"""
+import argparse
+import sys
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from models import build_model
+from utils.checkpoint import load_weights
+from utils.cli import add_common_args, apply_defaults, check_args
+from utils.data import build_datasets, build_loader
+from utils.errors import PatchDropError
+from utils.metrics import ClassifierStats, console_lines, prefixed
+from utils.policy import downsample
+from utils.runtime import Run, load_resume, seed_everything, select_device
+from utils.spec import get_spec
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="PatchDrop stage 1: HR / LR classifier training")
+    parser.add_argument("--mode", choices=("hr", "lr"), default="hr",
+                        help="hr: full-resolution images; lr: images downsampled to --img_size")
+    parser.add_argument("--img_size", type=int, default=None,
+                        help="input side (default: the spec's HR size for hr, LR size for lr)")
+    add_common_args(parser)
+    return parser
+
+
+def prepare_inputs(inputs: torch.Tensor, img_size: int) -> torch.Tensor:
+    """LR mode feeds the nearest-downsampled image, exactly as the policy stages build it."""
+    return inputs if inputs.shape[-1] == img_size else downsample(inputs, img_size)
+
+
+def train_one_epoch(model, loader, optimizer, device, *, img_size: int) -> dict:
+    model.train()
+    stats = ClassifierStats()
+    for inputs, targets in tqdm(loader, desc="train", leave=False, disable=None):
+        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        logits = model(prepare_inputs(inputs, img_size))
+        loss = F.cross_entropy(logits, targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        stats.update(logits.detach(), targets, loss)
+    return stats.compute()
+
+
+@torch.no_grad()
+def evaluate(model, loader, device, *, img_size: int) -> dict:
+    model.eval()
+    stats = ClassifierStats()
+    for inputs, targets in tqdm(loader, desc="test", leave=False, disable=None):
+        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        logits = model(prepare_inputs(inputs, img_size))
+        stats.update(logits, targets, F.cross_entropy(logits, targets))
+    return stats.compute()
+
+
+def main(args: argparse.Namespace) -> dict:
+    spec = get_spec(args.model)
+    stage = f"classifier_{args.mode}"
+    apply_defaults(args, spec, stage)
+    if args.img_size is None:
+        args.img_size = spec.hr_size if args.mode == "hr" else spec.lr_size
+    check_args(args, spec)
+    if args.mode == "hr" and args.img_size != spec.hr_size:
+        raise PatchDropError(f"--mode hr trains on full {spec.hr_size}px images of {spec.name}, got "
+                             f"--img_size {args.img_size}; use --mode lr for a lower resolution")
+    if args.img_size <= 0 or spec.hr_size % args.img_size:
+        raise PatchDropError(f"--img_size must divide the HR size {spec.hr_size}, got {args.img_size}")
+    seed_everything(args.seed)
+    device = select_device(args.device)
+    resume = load_resume(args, stage)
+
+    # The run directory is checked before the data loads, so a wrong --cv_dir fails fast.
+    run = Run(args, stage, score_key="test_accuracy", resume=resume)
+    train_set, test_set = build_datasets(spec, args.data_dir, download=not args.no_download,
+                                         fake_data=args.fake_data, train_samples=args.train_samples,
+                                         test_samples=args.test_samples)
+    train_loader = build_loader(train_set, args.batch_size, train=True, num_workers=args.num_workers,
+                                device=device, seed=args.seed)
+    test_loader = build_loader(test_set, args.batch_size, train=False, num_workers=args.num_workers,
+                               device=device, seed=args.seed)
+
+    model = build_model(spec.classifier_arch, spec.num_classes).to(device)
+    defaults = spec.stages[stage]
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=defaults.momentum,
+                                weight_decay=defaults.weight_decay)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(defaults.lr_milestones), gamma=0.1)
+    if resume:
+        load_weights(model, resume, "state_dict")
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+
+    print(f"{stage} {spec.name}: {len(train_set)} train / {len(test_set)} test images, "
+          f"{args.img_size}px input, epochs {run.start_epoch}..{args.max_epochs - 1}, device {device}")
+    for epoch in range(run.start_epoch, args.max_epochs):
+        metrics = {"epoch": epoch,
+                   **prefixed("train", train_one_epoch(model, train_loader, optimizer, device,
+                                                       img_size=args.img_size))}
+        if run.is_test_epoch(epoch):
+            metrics.update(prefixed("test", evaluate(model, test_loader, device, img_size=args.img_size)))
+        scheduler.step()
+        run.end_epoch(metrics, {"state_dict": model}, optimizer, scheduler)
+        print("\n".join(console_lines(metrics)), flush=True)
+    run.close()
+    return run.last_metrics
+
+
+if __name__ == "__main__":
+    try:
+        main(get_args_parser().parse_args())
+    except PatchDropError as err:
+        sys.exit(f"error: {err}")

@@ -1,0 +1,151 @@
+"""Stage 3: fine-tune the policy and the HR classifier jointly.
+
+Initializes the policy from a pretrain checkpoint (--load) and the HR classifier from stage 1
+(--ckpt_hr_cl; without it, the HR classifier stored in the --load checkpoint). Both train with one Adam:
+the REINFORCE loss summed over patches and averaged over the batch, plus the cross-entropy of the
+classifier on the image masked by the sampled action. Writes to --cv_dir: ckpt_last.pt / ckpt_best.pt
+(stage "finetune", weights "agent" and "resnet_hr"; best = test reward), metrics.jsonl, TensorBoard
+logs under log/, args.json.
+
+    python finetune.py --model R32_C10 --lr 1e-4 --cv_dir cv/c10_ft --batch_size 128 --load cv/c10_pt --ckpt_hr_cl cv/c10_hr --penalty -10
+"""
+import argparse
+import itertools
+import sys
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from models import build_model
+from utils.checkpoint import load_checkpoint, load_required, load_weights
+from utils.cli import add_common_args, add_policy_args, apply_defaults, check_args
+from utils.data import build_datasets, build_loader
+from utils.errors import PatchDropError
+from utils.metrics import PolicyStats, console_lines, prefixed
+from utils.policy import (bound_probs, compute_reward, downsample, greedy_action, mask_image,
+                          reinforce_loss, sample_action)
+from utils.runtime import Run, load_resume, seed_everything, select_device
+from utils.spec import get_spec
+
+STAGE = "finetune"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="PatchDrop stage 3: joint fine-tuning")
+    parser.add_argument("--load", "--Load", dest="load", default=None,
+                        help="pretrain checkpoint (file or run dir) to start the policy from")
+    parser.add_argument("--ckpt_hr_cl", default=None,
+                        help="HR classifier checkpoint (default: the one stored in --load)")
+    add_common_args(parser)
+    add_policy_args(parser)
+    return parser
+
+
+def train_one_epoch(agent, resnet_hr, loader, optimizer, device, *, penalty: float, alpha: float,
+                    lr_size: int) -> dict:
+    agent.train()
+    # DEVIATION: the HR classifier trains with batch-norm in train mode; the authors' finetune kept
+    # it in eval mode while updating its weights (their two-stream script used train mode).
+    resnet_hr.train()
+    stats = PolicyStats()
+    for inputs, targets in tqdm(loader, desc="train", leave=False, disable=None):
+        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        probs = bound_probs(torch.sigmoid(agent(downsample(inputs, lr_size))), alpha)
+        sampled, greedy = sample_action(probs.detach()), greedy_action(probs.detach())
+        with torch.no_grad():  # the greedy pass is only the baseline's reward
+            reward_greedy, correct_greedy = compute_reward(
+                resnet_hr(mask_image(inputs, greedy)), targets, greedy, penalty)
+        logits = resnet_hr(mask_image(inputs, sampled))  # with gradients: the classifier learns here
+        reward_sampled, _ = compute_reward(logits, targets, sampled, penalty)
+        # Fine-tuning sums -log pi(a_p) * A over patches and averages over the batch (method.md,
+        # stage 3), then adds the classifier's cross-entropy on the sampled masked images.
+        loss = (reinforce_loss(probs, sampled, reward_sampled - reward_greedy, "sum")
+                + F.cross_entropy(logits, targets))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        stats.update(correct_greedy, reward_sampled, sampled, baseline_reward=reward_greedy)
+    return stats.compute()
+
+
+@torch.no_grad()
+def evaluate(agent, resnet_hr, loader, device, *, penalty: float, lr_size: int) -> dict:
+    """Accuracy, reward, S, V and # of the greedy policy."""
+    agent.eval()
+    resnet_hr.eval()
+    stats = PolicyStats()
+    for inputs, targets in tqdm(loader, desc="test", leave=False, disable=None):
+        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        action = greedy_action(torch.sigmoid(agent(downsample(inputs, lr_size))))
+        reward, correct = compute_reward(resnet_hr(mask_image(inputs, action)), targets, action, penalty)
+        stats.update(correct, reward, action)
+    return stats.compute()
+
+
+def load_networks(args, spec, agent, resnet_hr, resume: dict | None) -> None:
+    """Weights from --resume, else the policy from --load and the HR classifier from --ckpt_hr_cl
+    (or, without it, from the --load checkpoint)."""
+    if resume:
+        load_weights(agent, resume, "agent")
+        load_weights(resnet_hr, resume, "resnet_hr")
+        return
+    pretrained = load_checkpoint(args.load, stages=("pretrain",), model=spec.name) if args.load else None
+    if pretrained:
+        load_weights(agent, pretrained, "agent")
+    else:
+        print("note: no --load given; the policy starts from random weights", file=sys.stderr)
+    if args.ckpt_hr_cl or not pretrained:
+        hr_ckpt = load_required(args.ckpt_hr_cl, "--ckpt_hr_cl", stages=("classifier_hr",),
+                                model=spec.name, hint="python classifier_training.py --mode hr")
+        load_weights(resnet_hr, hr_ckpt, "state_dict")
+    else:
+        load_weights(resnet_hr, pretrained, "resnet_hr")
+
+
+def main(args: argparse.Namespace) -> dict:
+    spec = get_spec(args.model)
+    apply_defaults(args, spec, STAGE)
+    check_args(args, spec)
+    seed_everything(args.seed)
+    device = select_device(args.device)
+
+    agent = build_model(spec.policy_arch, spec.num_patches)
+    resnet_hr = build_model(spec.classifier_arch, spec.num_classes)
+    resume = load_resume(args, STAGE)
+    load_networks(args, spec, agent, resnet_hr, resume)
+    agent, resnet_hr = agent.to(device), resnet_hr.to(device)
+    optimizer = torch.optim.Adam(itertools.chain(agent.parameters(), resnet_hr.parameters()), lr=args.lr)
+    if resume:
+        optimizer.load_state_dict(resume["optimizer"])
+
+    # The run directory is checked before the data loads, so a wrong --cv_dir fails fast.
+    run = Run(args, STAGE, score_key="test_reward", resume=resume)
+    train_set, test_set = build_datasets(spec, args.data_dir, download=not args.no_download,
+                                         fake_data=args.fake_data, train_samples=args.train_samples,
+                                         test_samples=args.test_samples)
+    train_loader = build_loader(train_set, args.batch_size, train=True, num_workers=args.num_workers,
+                                device=device, seed=args.seed)
+    test_loader = build_loader(test_set, args.batch_size, train=False, num_workers=args.num_workers,
+                               device=device, seed=args.seed)
+
+    print(f"{STAGE} {spec.name}: {len(train_set)} train / {len(test_set)} test images, "
+          f"epochs {run.start_epoch}..{args.max_epochs - 1}, device {device}")
+    policy_args = dict(penalty=args.penalty, lr_size=args.lr_size)
+    for epoch in range(run.start_epoch, args.max_epochs):
+        train_stats = train_one_epoch(agent, resnet_hr, train_loader, optimizer, device,
+                                      alpha=args.alpha, **policy_args)
+        metrics = {"epoch": epoch, **prefixed("train", train_stats)}
+        if run.is_test_epoch(epoch):
+            metrics.update(prefixed("test", evaluate(agent, resnet_hr, test_loader, device, **policy_args)))
+        run.end_epoch(metrics, {"agent": agent, "resnet_hr": resnet_hr}, optimizer)
+        print("\n".join(console_lines(metrics)), flush=True)
+    run.close()
+    return run.last_metrics
+
+
+if __name__ == "__main__":
+    try:
+        main(get_args_parser().parse_args())
+    except PatchDropError as err:
+        sys.exit(f"error: {err}")

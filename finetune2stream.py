@@ -1,0 +1,169 @@
+"""Stage 4 (optional): two-stream fine-tuning, HR patches plus the LR image.
+
+As stage 3, with a frozen LR classifier (--ckpt_lr_cl, from ``classifier_training.py --mode lr``)
+added: the logits are f_h(masked HR image) + f_l(LR image) (``--fusion sum``) or weighted by the kept
+fraction r and 1 - r (``--fusion ratio``); reward and cross-entropy use the fused logits. The policy and
+HR classifier start from a finetune checkpoint (--load). Writes to --cv_dir: ckpt_last.pt /
+ckpt_best.pt (stage "finetune2stream", weights "agent", "resnet_hr" and "resnet_lr"; best = test
+reward), metrics.jsonl, TensorBoard logs under log/, args.json.
+
+    python finetune2stream.py --model R32_C10 --lr 1e-4 --cv_dir cv/c10_ft2 --batch_size 128 --load cv/c10_ft --ckpt_lr_cl cv/c10_lr --penalty -10
+"""
+import argparse
+import itertools
+import sys
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from models import build_model
+from utils.checkpoint import load_checkpoint, load_required, load_weights
+from utils.cli import add_common_args, add_policy_args, apply_defaults, check_args
+from utils.data import build_datasets, build_loader
+from utils.errors import PatchDropError
+from utils.metrics import PolicyStats, console_lines, prefixed
+from utils.policy import (bound_probs, compute_reward, downsample, fuse_logits, greedy_action,
+                          mask_image, reinforce_loss, sample_action)
+from utils.runtime import Run, load_resume, seed_everything, select_device
+from utils.spec import get_spec
+
+STAGE = "finetune2stream"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="PatchDrop stage 4: two-stream fine-tuning")
+    parser.add_argument("--load", "--Load", dest="load", default=None,
+                        help="finetune checkpoint (file or run dir): policy and HR classifier")
+    parser.add_argument("--ckpt_hr_cl", default=None,
+                        help="HR classifier checkpoint (default: the one stored in --load)")
+    parser.add_argument("--ckpt_lr_cl", default=None, help="LR classifier checkpoint (required)")
+    add_common_args(parser)
+    add_policy_args(parser)
+    parser.add_argument("--fusion", choices=("sum", "ratio"), default="sum",
+                        help="sum: f_h + f_l; ratio: r f_h + (1 - r) f_l, r = fraction of patches kept")
+    return parser
+
+
+def train_one_epoch(agent, resnet_hr, resnet_lr, loader, optimizer, device, *, penalty: float,
+                    alpha: float, lr_size: int, fusion: str) -> dict:
+    agent.train()
+    resnet_hr.train()  # as in the authors' two-stream script
+    resnet_lr.eval()  # frozen
+    stats = PolicyStats()
+    for inputs, targets in tqdm(loader, desc="train", leave=False, disable=None):
+        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        inputs_lr = downsample(inputs, lr_size)
+        probs = bound_probs(torch.sigmoid(agent(inputs_lr)), alpha)
+        sampled, greedy = sample_action(probs.detach()), greedy_action(probs.detach())
+        with torch.no_grad():
+            lr_logits = resnet_lr(inputs_lr)
+            greedy_logits = fuse_logits(resnet_hr(mask_image(inputs, greedy)), lr_logits, greedy, fusion)
+            reward_greedy, correct_greedy = compute_reward(greedy_logits, targets, greedy, penalty)
+        logits = fuse_logits(resnet_hr(mask_image(inputs, sampled)), lr_logits, sampled, fusion)
+        reward_sampled, _ = compute_reward(logits, targets, sampled, penalty)
+        # Same loss as stage 3 (sum over patches, mean over batch), on the fused logits.
+        loss = (reinforce_loss(probs, sampled, reward_sampled - reward_greedy, "sum")
+                + F.cross_entropy(logits, targets))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        stats.update(correct_greedy, reward_sampled, sampled, baseline_reward=reward_greedy)
+    return stats.compute()
+
+
+@torch.no_grad()
+def evaluate(agent, resnet_hr, resnet_lr, loader, device, *, penalty: float, lr_size: int,
+             fusion: str) -> dict:
+    """Accuracy, reward, S, V and # of the greedy policy with fused logits."""
+    for net in (agent, resnet_hr, resnet_lr):
+        net.eval()
+    stats = PolicyStats()
+    for inputs, targets in tqdm(loader, desc="test", leave=False, disable=None):
+        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        inputs_lr = downsample(inputs, lr_size)
+        action = greedy_action(torch.sigmoid(agent(inputs_lr)))
+        logits = fuse_logits(resnet_hr(mask_image(inputs, action)), resnet_lr(inputs_lr), action, fusion)
+        reward, correct = compute_reward(logits, targets, action, penalty)
+        stats.update(correct, reward, action)
+    return stats.compute()
+
+
+def load_networks(args, spec, agent, resnet_hr, resnet_lr, resume: dict | None) -> None:
+    """Weights from --resume, else the policy (and HR classifier) from --load, the HR classifier from
+    --ckpt_hr_cl when given, and the LR classifier from --ckpt_lr_cl, which is required."""
+    if resume:
+        for key, net in (("agent", agent), ("resnet_hr", resnet_hr), ("resnet_lr", resnet_lr)):
+            load_weights(net, resume, key)
+        return
+    # DEVIATION: the authors' script ran with a random LR classifier when none was given.
+    lr_ckpt = load_required(args.ckpt_lr_cl, "--ckpt_lr_cl", stages=("classifier_lr",), model=spec.name,
+                            hint=f"python classifier_training.py --mode lr --img_size {args.lr_size}")
+    trained_at = lr_ckpt["args"].get("img_size")
+    if trained_at != args.lr_size:
+        raise PatchDropError(f"{lr_ckpt['path']}: LR classifier trained on {trained_at}px images, "
+                             f"but --lr_size is {args.lr_size}")
+    load_weights(resnet_lr, lr_ckpt, "state_dict")
+    finetuned = load_checkpoint(args.load, stages=("finetune",), model=spec.name) if args.load else None
+    if finetuned:
+        load_weights(agent, finetuned, "agent")
+    else:
+        print("note: no --load given; the policy starts from random weights", file=sys.stderr)
+    if args.ckpt_hr_cl or not finetuned:
+        hr_ckpt = load_required(args.ckpt_hr_cl, "--ckpt_hr_cl", stages=("classifier_hr",),
+                                model=spec.name, hint="or pass --load with a finetune run")
+        load_weights(resnet_hr, hr_ckpt, "state_dict")
+    else:
+        load_weights(resnet_hr, finetuned, "resnet_hr")
+
+
+def main(args: argparse.Namespace) -> dict:
+    spec = get_spec(args.model)
+    apply_defaults(args, spec, STAGE)
+    check_args(args, spec)
+    seed_everything(args.seed)
+    device = select_device(args.device)
+
+    agent = build_model(spec.policy_arch, spec.num_patches)
+    resnet_hr = build_model(spec.classifier_arch, spec.num_classes)
+    resnet_lr = build_model(spec.classifier_arch, spec.num_classes)
+    resume = load_resume(args, STAGE)
+    load_networks(args, spec, agent, resnet_hr, resnet_lr, resume)
+    agent, resnet_hr = agent.to(device), resnet_hr.to(device)
+    resnet_lr = resnet_lr.to(device).requires_grad_(False)
+    optimizer = torch.optim.Adam(itertools.chain(agent.parameters(), resnet_hr.parameters()), lr=args.lr)
+    if resume:
+        optimizer.load_state_dict(resume["optimizer"])
+
+    # The run directory is checked before the data loads, so a wrong --cv_dir fails fast.
+    run = Run(args, STAGE, score_key="test_reward", resume=resume)
+    train_set, test_set = build_datasets(spec, args.data_dir, download=not args.no_download,
+                                         fake_data=args.fake_data, train_samples=args.train_samples,
+                                         test_samples=args.test_samples)
+    train_loader = build_loader(train_set, args.batch_size, train=True, num_workers=args.num_workers,
+                                device=device, seed=args.seed)
+    test_loader = build_loader(test_set, args.batch_size, train=False, num_workers=args.num_workers,
+                               device=device, seed=args.seed)
+
+    print(f"{STAGE} {spec.name}: {len(train_set)} train / {len(test_set)} test images, fusion "
+          f"{args.fusion}, epochs {run.start_epoch}..{args.max_epochs - 1}, device {device}")
+    policy_args = dict(penalty=args.penalty, lr_size=args.lr_size, fusion=args.fusion)
+    nets = {"agent": agent, "resnet_hr": resnet_hr, "resnet_lr": resnet_lr}
+    for epoch in range(run.start_epoch, args.max_epochs):
+        train_stats = train_one_epoch(agent, resnet_hr, resnet_lr, train_loader, optimizer, device,
+                                      alpha=args.alpha, **policy_args)
+        metrics = {"epoch": epoch, **prefixed("train", train_stats)}
+        if run.is_test_epoch(epoch):
+            test_stats = evaluate(agent, resnet_hr, resnet_lr, test_loader, device, **policy_args)
+            metrics.update(prefixed("test", test_stats))
+        run.end_epoch(metrics, nets, optimizer)
+        print("\n".join(console_lines(metrics)), flush=True)
+    run.close()
+    return run.last_metrics
+
+
+if __name__ == "__main__":
+    try:
+        main(get_args_parser().parse_args())
+    except PatchDropError as err:
+        sys.exit(f"error: {err}")

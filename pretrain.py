@@ -1,0 +1,140 @@
+"""Stage 2: pre-train the policy network against a frozen HR classifier.
+
+The policy sees the LR image and picks HR patches; the HR classifier of stage 1 (--ckpt_hr_cl) is
+frozen (eval mode, no gradients) and only scores the masked images. Only the policy trains (Adam), with
+the self-critical REINFORCE loss averaged over batch and patches. Writes to --cv_dir: ckpt_last.pt /
+ckpt_best.pt (stage "pretrain", weights "agent" and the frozen "resnet_hr"; best = test reward),
+metrics.jsonl, TensorBoard logs under log/, args.json.
+
+    python pretrain.py --model R32_C10 --lr 1e-4 --cv_dir cv/c10_pt --batch_size 1024 --penalty -0.5 --ckpt_hr_cl cv/c10_hr
+"""
+import argparse
+import sys
+
+import torch
+from tqdm import tqdm
+
+from models import build_model
+from utils.checkpoint import load_required, load_weights
+from utils.cli import add_common_args, add_policy_args, apply_defaults, check_args
+from utils.data import build_datasets, build_loader
+from utils.errors import PatchDropError
+from utils.metrics import PolicyStats, console_lines, prefixed
+from utils.policy import (apply_curriculum, bound_probs, compute_reward, curriculum_learned, downsample,
+                          greedy_action, mask_image, reinforce_loss, sample_action)
+from utils.runtime import Run, load_resume, seed_everything, select_device
+from utils.spec import get_spec
+
+STAGE = "pretrain"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="PatchDrop stage 2: policy pre-training")
+    parser.add_argument("--ckpt_hr_cl", default=None, help="HR classifier checkpoint (file or run dir)")
+    add_common_args(parser)
+    add_policy_args(parser)
+    parser.add_argument("--curriculum", action="store_true",
+                        help="at epoch e < P learn only patches 0..e, keeping the others")
+    return parser
+
+
+def train_one_epoch(agent, resnet_hr, loader, optimizer, device, *, penalty: float, alpha: float,
+                    lr_size: int, learned: torch.Tensor | None = None) -> dict:
+    """One epoch of policy training. ``learned`` [P] is the curriculum's mask (None: all patches)."""
+    agent.train()
+    resnet_hr.eval()  # frozen: batch-norm statistics stay those of stage 1
+    stats = PolicyStats()
+    for inputs, targets in tqdm(loader, desc="train", leave=False, disable=None):
+        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        probs = bound_probs(torch.sigmoid(agent(downsample(inputs, lr_size))), alpha)
+        sampled, greedy = sample_action(probs.detach()), greedy_action(probs.detach())
+        if learned is not None:
+            sampled, greedy = apply_curriculum(sampled, learned), apply_curriculum(greedy, learned)
+        with torch.no_grad():  # the classifier only scores; no graph is built through it
+            reward_greedy, correct_greedy = compute_reward(
+                resnet_hr(mask_image(inputs, greedy)), targets, greedy, penalty)
+            reward_sampled, _ = compute_reward(
+                resnet_hr(mask_image(inputs, sampled)), targets, sampled, penalty)
+        # Pretraining averages -log pi(a_p) * A over batch AND patches (method.md, stage 2).
+        loss = reinforce_loss(probs, sampled, reward_sampled - reward_greedy, "mean", learned)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        # As in the authors' code: greedy accuracy, sampled reward/S/V/#, greedy reward as baseline.
+        stats.update(correct_greedy, reward_sampled, sampled, baseline_reward=reward_greedy)
+    return stats.compute()
+
+
+@torch.no_grad()
+def evaluate(agent, resnet_hr, loader, device, *, penalty: float, lr_size: int,
+             learned: torch.Tensor | None = None) -> dict:
+    """Accuracy, reward, S, V and # of the greedy policy."""
+    agent.eval()
+    resnet_hr.eval()
+    stats = PolicyStats()
+    for inputs, targets in tqdm(loader, desc="test", leave=False, disable=None):
+        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        action = greedy_action(torch.sigmoid(agent(downsample(inputs, lr_size))))
+        if learned is not None:
+            action = apply_curriculum(action, learned)
+        reward, correct = compute_reward(resnet_hr(mask_image(inputs, action)), targets, action, penalty)
+        stats.update(correct, reward, action)
+    return stats.compute()
+
+
+def main(args: argparse.Namespace) -> dict:
+    spec = get_spec(args.model)
+    apply_defaults(args, spec, STAGE)
+    check_args(args, spec)
+    seed_everything(args.seed)
+    device = select_device(args.device)
+
+    agent = build_model(spec.policy_arch, spec.num_patches)
+    resnet_hr = build_model(spec.classifier_arch, spec.num_classes)
+    resume = load_resume(args, STAGE)
+    if resume:
+        load_weights(agent, resume, "agent")
+        load_weights(resnet_hr, resume, "resnet_hr")
+    else:
+        hr_ckpt = load_required(args.ckpt_hr_cl, "--ckpt_hr_cl", stages=("classifier_hr",),
+                                model=spec.name, hint="python classifier_training.py --mode hr")
+        load_weights(resnet_hr, hr_ckpt, "state_dict")
+    agent, resnet_hr = agent.to(device), resnet_hr.to(device).requires_grad_(False)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.lr)
+    if resume:
+        optimizer.load_state_dict(resume["optimizer"])
+
+    # The run directory is checked before the data loads, so a wrong --cv_dir fails fast.
+    run = Run(args, STAGE, score_key="test_reward", resume=resume)
+    train_set, test_set = build_datasets(spec, args.data_dir, download=not args.no_download,
+                                         fake_data=args.fake_data, train_samples=args.train_samples,
+                                         test_samples=args.test_samples)
+    train_loader = build_loader(train_set, args.batch_size, train=True, num_workers=args.num_workers,
+                                device=device, seed=args.seed)
+    test_loader = build_loader(test_set, args.batch_size, train=False, num_workers=args.num_workers,
+                               device=device, seed=args.seed)
+
+    print(f"{STAGE} {spec.name}: {len(train_set)} train / {len(test_set)} test images, "
+          f"epochs {run.start_epoch}..{args.max_epochs - 1}, device {device}")
+    policy_args = dict(penalty=args.penalty, lr_size=args.lr_size)
+    for epoch in range(run.start_epoch, args.max_epochs):
+        learned = None
+        if args.curriculum and epoch < spec.num_patches:
+            learned = curriculum_learned(epoch, spec.num_patches, device)
+        train_stats = train_one_epoch(agent, resnet_hr, train_loader, optimizer, device,
+                                      alpha=args.alpha, learned=learned, **policy_args)
+        metrics = {"epoch": epoch, **prefixed("train", train_stats)}
+        if run.is_test_epoch(epoch):
+            test_stats = evaluate(agent, resnet_hr, test_loader, device, learned=learned, **policy_args)
+            metrics.update(prefixed("test", test_stats))
+        run.end_epoch(metrics, {"agent": agent, "resnet_hr": resnet_hr}, optimizer)
+        print("\n".join(console_lines(metrics)), flush=True)
+    run.close()
+    return run.last_metrics
+
+
+if __name__ == "__main__":
+    try:
+        main(get_args_parser().parse_args())
+    except PatchDropError as err:
+        sys.exit(f"error: {err}")

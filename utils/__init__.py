@@ -1,0 +1,13 @@
+"""Code shared by the four PatchDrop stage scripts: one module per concept.
+
+spec        the per-dataset table keyed by --model (sizes, classes, architectures, default settings)
+data        datasets, transforms and loaders
+policy      policy, mask and reward functions (pure, batched tensor code)
+checkpoint  the one checkpoint schema: atomic save, safe and validated load
+metrics     per-epoch statistics, console lines, metrics.jsonl and TensorBoard
+runtime     seeds, devices, run directories
+cli         the flags every stage script shares
+errors      PatchDropError, the error that ends a run with a short message
+
+Nothing in utils/ parses the command line or prints: it returns values and raises PatchDropError.
+"""

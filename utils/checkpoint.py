@@ -1,0 +1,136 @@
+"""The one checkpoint schema of every stage, written atomically and loaded without running code.
+
+A checkpoint is a plain dict that ``torch.load(weights_only=True)`` can read:
+
+    format_version  FORMAT_VERSION
+    stage           one of spec.STAGES
+    model           the --model name (R32_C10, ...)
+    epoch           last completed epoch (0-based)
+    state_dict      classifier weights (classifier stages), or
+    agent, resnet_hr, resnet_lr   policy-stage weights (the networks the stage uses)
+    optimizer, scheduler          their state_dicts (scheduler None where a stage has none)
+    best_score      best test accuracy (classifiers) or test reward (policy stages) so far
+    metrics         the epoch's metrics dict
+    args            the run's arguments as a plain dict
+
+Each run directory holds ``ckpt_last.pt`` (every epoch) and ``ckpt_best.pt`` (best test score).
+"""
+import os
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import PatchDropError
+from .spec import STAGES
+
+FORMAT_VERSION = 1
+LAST, BEST = "ckpt_last.pt", "ckpt_best.pt"
+WEIGHT_KEYS = ("state_dict", "agent", "resnet_hr", "resnet_lr")
+REQUIRED_KEYS = ("format_version", "stage", "model", "epoch", "args")
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module behind DataParallel/DistributedDataParallel (.module) or torch.compile
+    (._orig_mod), so saved keys carry no 'module.' or '_orig_mod.' prefix."""
+    while True:
+        if hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+def save_checkpoint(path: Path, *, stage: str, model: str, epoch: int, nets: dict[str, nn.Module],
+                    optimizer=None, scheduler=None, best_score: float | None = None,
+                    metrics: dict | None = None, args: dict | None = None) -> None:
+    """Write a checkpoint atomically: to a temporary file in the same folder, flushed to disk, then
+    renamed over ``path``, so a crash mid-write never leaves a truncated checkpoint behind."""
+    assert stage in STAGES and set(nets) <= set(WEIGHT_KEYS), (stage, list(nets))
+    payload = {
+        "format_version": FORMAT_VERSION, "stage": stage, "model": model, "epoch": epoch,
+        **{key: unwrap(net).state_dict() for key, net in nets.items()},
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "best_score": best_score, "metrics": metrics or {}, "args": args or {},
+    }
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(payload, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def resolve_checkpoint(path: str | Path, default_name: str = BEST) -> Path:
+    """A checkpoint argument is a file, or a run directory meaning its ``default_name``."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / default_name
+    if not path.is_file():
+        raise PatchDropError(f"checkpoint {path} not found: pass a checkpoint file or a run directory "
+                             f"(--cv_dir of an earlier run) that holds {default_name}")
+    return path
+
+
+def load_checkpoint(path: str | Path, *, stages: tuple[str, ...], model: str,
+                    default_name: str = BEST) -> dict:
+    """Load a checkpoint written by save_checkpoint, refusing anything else.
+
+    ``path`` is a file or a run directory (its ``default_name``). The file is read with
+    ``weights_only=True``, so a pickle that would run code is refused, not executed. The stage must be
+    one of ``stages`` and the model equal to ``model``; otherwise the message names the file, what was
+    expected and what was found.
+    """
+    path = resolve_checkpoint(path, default_name)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        reason = str(err).strip().splitlines()[0]
+        raise PatchDropError(f"{path}: refused to load (not a plain PatchDrop checkpoint; it may contain "
+                             f"code): {reason}") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PatchDropError(f"{path}: not a readable checkpoint (truncated or not written by torch.save):"
+                             f" {reason}") from None
+    what = f"a {' or '.join(stages)} checkpoint for --model {model}"
+    if not isinstance(ckpt, dict) or any(key not in ckpt for key in REQUIRED_KEYS):
+        found = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise PatchDropError(f"{path}: expected {what}, found an object without the PatchDrop checkpoint "
+                             f"keys {list(REQUIRED_KEYS)} (has: {found})")
+    if ckpt["format_version"] != FORMAT_VERSION:
+        raise PatchDropError(f"{path}: checkpoint format {ckpt['format_version']}, this code reads "
+                             f"format {FORMAT_VERSION}")
+    if ckpt["stage"] not in stages or ckpt["model"] != model:
+        raise PatchDropError(f"{path}: expected {what}, found a {ckpt['stage']} checkpoint for "
+                             f"--model {ckpt['model']}")
+    ckpt["path"] = str(path)  # for the messages of load_weights
+    return ckpt
+
+
+def load_weights(net: nn.Module, ckpt: dict, key: str) -> None:
+    """Copy ``ckpt[key]`` into ``net``; a missing key or mismatched shapes is a PatchDropError."""
+    path = ckpt.get("path", "checkpoint")
+    if ckpt.get(key) is None:
+        raise PatchDropError(f"{path}: {ckpt['stage']} checkpoint has no '{key}' weights")
+    try:
+        unwrap(net).load_state_dict(ckpt[key])
+    except RuntimeError as err:
+        first = str(err).strip().splitlines()[0]
+        raise PatchDropError(f"{path}: '{key}' weights do not fit the network: {first}") from None
+
+
+def load_required(path: str | Path | None, flag: str, *, stages: tuple[str, ...], model: str,
+                  hint: str) -> dict:
+    """load_checkpoint for a flag the stage cannot run without: a missing flag is an error that says
+    how to make the checkpoint (``hint``), never a silent fallback to random weights."""
+    if path is None:
+        raise PatchDropError(f"{flag} is required: the {' or '.join(stages)} checkpoint ({hint})")
+    return load_checkpoint(path, stages=stages, model=model)

@@ -1,0 +1,74 @@
+"""Flags every stage script shares, and the checks and defaults applied to them.
+
+Scripts build their own parser (``get_args_parser``) and call ``add_common_args``; the values left at
+``None`` are filled from the spec table by ``apply_defaults``. Nothing here parses the command line.
+"""
+import argparse
+import os
+
+from .errors import PatchDropError
+from .spec import ModelSpec
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
+    """The flags of all four scripts. A default of None means: from the spec table for --model."""
+    add = parser.add_argument
+    add("--model", default="R32_C10", help="dataset and architecture: R32_C10, R32_C100")
+    add("--data_dir", default="data/", help="dataset root (see data/README.md)")
+    add("--cv_dir", default="cv/tmp/", help="run directory: checkpoints, metrics, TensorBoard logs")
+    add("--lr", type=float, default=None, help="learning rate (default: the paper's, per stage)")
+    add("--batch_size", type=int, default=None, help="batch size (default: the paper's, per stage)")
+    add("--max_epochs", type=int, default=None, help="epochs to train (default: per stage, README)")
+    add("--test_interval", type=int, default=5, help="test every N epochs, and after the last one")
+    add("--num_workers", type=int, default=min(4, os.cpu_count() or 1),
+        help="DataLoader worker processes (default: 4, or the number of CPUs if fewer)")
+    add("--seed", type=int, default=0, help="seed of weights, sampling and data order")
+    add("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    add("--resume", nargs="?", const="", default=None, metavar="CKPT",
+        help="continue this stage from a checkpoint file or run directory (its ckpt_last.pt); "
+             "with no value, from --cv_dir")
+    add("--overwrite", action="store_true", help="start over in a --cv_dir that already holds a run")
+    add("--train_samples", type=int, default=None, help="train on a fixed random subset of N images")
+    add("--test_samples", type=int, default=None, help="test on a fixed random subset of N images")
+    add("--fake_data", action="store_true", help="random images of the right shape (smoke runs)")
+    add("--no_download", action="store_true", help="never download torchvision's CIFAR files")
+
+
+def add_policy_args(parser: argparse.ArgumentParser) -> None:
+    """The flags of the three policy stages."""
+    add = parser.add_argument
+    add("--penalty", type=float, default=None, help="reward of a wrong prediction, < 0 "
+                                                    "(default: -0.5 pretrain, -10 finetune on CIFAR)")
+    add("--alpha", type=float, default=None, help="exploration bound of the policy, in (0.5, 1] (0.8)")
+    add("--lr_size", type=int, default=None, help="side of the LR image (default: the spec's, 8 on CIFAR)")
+
+
+def apply_defaults(args: argparse.Namespace, spec: ModelSpec, stage: str) -> None:
+    """Fill the flags left at None from the spec table's defaults of ``stage``."""
+    defaults = spec.stages[stage]
+    for name in ("lr", "batch_size", "max_epochs", "penalty", "alpha"):
+        if hasattr(args, name) and getattr(args, name) is None:
+            setattr(args, name, getattr(defaults, name))
+    if hasattr(args, "lr_size") and args.lr_size is None:
+        args.lr_size = spec.lr_size
+
+
+def check_args(args: argparse.Namespace, spec: ModelSpec) -> None:
+    """Refuse values that would crash later or train something silently wrong."""
+    for name in ("batch_size", "max_epochs", "test_interval", "train_samples", "test_samples"):
+        value = getattr(args, name)
+        if value is not None and value <= 0:
+            raise PatchDropError(f"--{name} must be positive, got {value}")
+    if args.num_workers < 0:
+        raise PatchDropError(f"--num_workers must be 0 or more, got {args.num_workers}")
+    if args.lr <= 0:
+        raise PatchDropError(f"--lr must be positive, got {args.lr}")
+    if getattr(args, "penalty", None) is not None and args.penalty >= 0:
+        raise PatchDropError(f"--penalty is the reward of a wrong prediction and must be negative, "
+                             f"got {args.penalty}")
+    if getattr(args, "alpha", None) is not None and not 0.5 < args.alpha <= 1:
+        raise PatchDropError(f"--alpha must lie in (0.5, 1], got {args.alpha}")
+    lr_size = getattr(args, "lr_size", None)
+    if lr_size is not None and (lr_size <= 0 or lr_size > spec.hr_size or spec.hr_size % lr_size):
+        raise PatchDropError(f"--lr_size must divide the HR size {spec.hr_size} of {spec.name}, "
+                             f"got {lr_size}")

@@ -1,0 +1,127 @@
+"""Per-epoch statistics and where they go: console line, metrics.jsonl and TensorBoard.
+
+One flat dict of metrics per epoch (``{"epoch": 3, "train_accuracy": ..., "test_reward": ...}``) feeds
+all three, so no tag is typed twice. Tag names are the authors' (method.md, "What every policy stage
+reports").
+"""
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from .policy import action_codes
+
+
+class ClassifierStats:
+    """Accumulates accuracy and cross-entropy of a classifier over an epoch, on the device."""
+
+    def __init__(self):
+        self.correct, self.loss_sum, self.count = 0.0, 0.0, 0
+
+    def update(self, logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
+        batch = targets.shape[0]
+        # Tensors stay on the device: no host synchronization until compute().
+        self.correct = self.correct + (logits.argmax(1) == targets).sum()
+        self.loss_sum = self.loss_sum + loss.detach() * batch
+        self.count += batch
+
+    def compute(self) -> dict[str, float]:
+        n = max(self.count, 1)
+        return {"accuracy": float(self.correct) / n, "loss": float(self.loss_sum) / n}
+
+
+class PolicyStats:
+    """Accumulates what a policy stage reports over an epoch: accuracy, reward, S (mean patches kept),
+    V (their standard deviation), the number of distinct policies and, in training, the greedy
+    baseline's reward. Kept on the device; one host synchronization in compute()."""
+
+    def __init__(self):
+        self.correct, self.reward, self.kept, self.codes, self.baseline = [], [], [], [], []
+
+    def update(self, correct: torch.Tensor, reward: torch.Tensor, action: torch.Tensor,
+               baseline_reward: torch.Tensor | None = None) -> None:
+        """correct [B] of the reported accuracy, reward [B] and action [B, P] of the reported policy."""
+        self.correct.append(correct.detach().float())
+        self.reward.append(reward.detach().float())
+        self.kept.append(action.detach().float().sum(dim=1))
+        self.codes.append(action_codes(action.detach()))
+        if baseline_reward is not None:
+            self.baseline.append(baseline_reward.detach().float())
+
+    def compute(self) -> dict[str, float]:
+        kept = torch.cat(self.kept)
+        stats = {
+            "accuracy": torch.cat(self.correct).mean(),
+            "reward": torch.cat(self.reward).mean(),
+            "sparsity": kept.mean(),
+            # Sample standard deviation, as torch.std in the authors' statistics; 0 for one image.
+            "variance": kept.std() if kept.numel() > 1 else kept.new_zeros(()),
+            "unique_policies": torch.unique(torch.cat(self.codes)).numel(),
+        }
+        if self.baseline:
+            stats["baseline_reward"] = torch.cat(self.baseline).mean()
+        return {k: float(v) if torch.is_tensor(v) else v for k, v in stats.items()}
+
+
+def prefixed(split: str, stats: dict[str, float]) -> dict[str, float]:
+    """{"accuracy": .9} -> {"train_accuracy": .9}."""
+    return {f"{split}_{key}": value for key, value in stats.items()}
+
+
+def console_lines(metrics: dict) -> list[str]:
+    """The authors' console shape, one line per split present:
+    ``Train: 3 | Acc: 0.812 | Rw: 3.21E-01 | S: 8.125 | V: 2.013 | #: 1234``."""
+    lines = []
+    for split in ("train", "test"):
+        if f"{split}_accuracy" not in metrics:
+            continue
+        get = lambda key: metrics.get(f"{split}_{key}")  # noqa: E731
+        parts = [f"{split.capitalize()}: {metrics['epoch']}", f"Acc: {get('accuracy'):.3f}"]
+        if get("reward") is not None:
+            parts += [f"Rw: {get('reward'):.2E}", f"S: {get('sparsity'):.3f}",
+                      f"V: {get('variance'):.3f}", f"#: {get('unique_policies')}"]
+        if get("loss") is not None:
+            parts.append(f"Loss: {get('loss'):.4f}")
+        lines.append(" | ".join(parts))
+    return lines
+
+
+def check_finite(metrics: dict) -> list[str]:
+    """Names of the metrics that are NaN or infinite."""
+    return [k for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)]
+
+
+class MetricsLogger:
+    """Appends each epoch's metrics to ``<cv_dir>/metrics.jsonl`` and to TensorBoard under ``<cv_dir>/log``."""
+
+    def __init__(self, cv_dir: Path, resume_epoch: int | None = None):
+        self.path = Path(cv_dir) / "metrics.jsonl"
+        if resume_epoch is not None:
+            self._truncate_after(resume_epoch)
+        elif self.path.exists():
+            self.path.unlink()
+        # Imported here: tensorboard is heavy, and only runs that log need it.
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.writer = SummaryWriter(log_dir=str(Path(cv_dir) / "log"))
+
+    def _truncate_after(self, epoch: int) -> None:
+        """Keep the lines of epochs up to ``epoch``: a crash after logging but before the checkpoint
+        would otherwise leave a line for an epoch that is about to run again."""
+        if not self.path.exists():
+            return
+        kept = [line for line in self.path.read_text().splitlines()
+                if line.strip() and json.loads(line)["epoch"] <= epoch]
+        self.path.write_text("".join(line + "\n" for line in kept))
+
+    def log(self, metrics: dict) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(metrics) + "\n")
+        for key, value in metrics.items():
+            if key != "epoch":
+                self.writer.add_scalar(key, value, metrics["epoch"])
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()

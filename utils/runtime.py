@@ -1,0 +1,105 @@
+"""Run set-up shared by the stage scripts: seeds, device, run directory."""
+import json
+import random
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from .errors import PatchDropError
+from .metrics import MetricsLogger, check_finite
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def select_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU; an unavailable CUDA device is an error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PatchDropError(f"unknown --device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PatchDropError(f"--device {name}: CUDA is not available here; use --device cpu")
+    return device
+
+
+def plain_args(args: Namespace) -> dict:
+    """The arguments as a dict of plain values (str, numbers, bools, None, lists), for JSON and for
+    checkpoints that ``torch.load(weights_only=True)`` can read."""
+    return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+
+
+def prepare_run_dir(cv_dir: str | Path, args: Namespace, *, resuming: bool, overwrite: bool) -> Path:
+    """Create ``cv_dir`` and write ``args.json``. A directory that already holds a run is only reused
+    with --resume (continue it) or --overwrite (start over), so finished epochs are never lost."""
+    cv_dir = Path(cv_dir)
+    if (cv_dir / LAST).exists() and not (resuming or overwrite):
+        raise PatchDropError(f"{cv_dir} already holds a run ({LAST}); pass --resume to continue it, "
+                             f"--overwrite to start over, or choose another --cv_dir")
+    cv_dir.mkdir(parents=True, exist_ok=True)
+    (cv_dir / "args.json").write_text(json.dumps(plain_args(args), indent=2) + "\n")
+    return cv_dir
+
+
+class Run:
+    """One stage's run in ``--cv_dir``: checks and creates the directory, restores the epoch counter
+    and best score on --resume, and at the end of each epoch logs the metrics and writes
+    ``ckpt_last.pt`` and, on a new best test score, ``ckpt_best.pt``."""
+
+    def __init__(self, args: Namespace, stage: str, score_key: str, resume: dict | None = None):
+        self.args, self.stage, self.score_key = args, stage, score_key
+        self.cv_dir = prepare_run_dir(args.cv_dir, args, resuming=resume is not None,
+                                      overwrite=args.overwrite)
+        self.start_epoch = resume["epoch"] + 1 if resume else 0
+        self.best_score = resume["best_score"] if resume else None
+        self.last_metrics = resume["metrics"] if resume else {}
+        self.logger = MetricsLogger(self.cv_dir, resume_epoch=resume["epoch"] if resume else None)
+
+    def is_test_epoch(self, epoch: int) -> bool:
+        """Test every --test_interval epochs from epoch 0 on, and always after the last epoch."""
+        return epoch % self.args.test_interval == 0 or epoch == self.args.max_epochs - 1
+
+    def end_epoch(self, metrics: dict, nets: dict, optimizer, scheduler=None) -> None:
+        """Log ``metrics`` (with "epoch") and checkpoint ``nets``; a non-finite metric stops the run
+        before anything is written, so the last checkpoint stays the last good one."""
+        epoch = metrics["epoch"]
+        bad = check_finite(metrics)
+        if bad:
+            raise PatchDropError(f"epoch {epoch}: non-finite {', '.join(bad)}; stopped, "
+                                 f"{self.cv_dir / LAST} holds the last good epoch (lower --lr?)")
+        self.logger.log(metrics)
+        score = metrics.get(self.score_key)
+        is_best = score is not None and (self.best_score is None or score > self.best_score)
+        if is_best:
+            self.best_score = score
+        ckpt = dict(stage=self.stage, model=self.args.model, epoch=epoch, nets=nets,
+                    optimizer=optimizer, scheduler=scheduler, best_score=self.best_score,
+                    metrics=metrics, args=plain_args(self.args))
+        save_checkpoint(self.cv_dir / LAST, **ckpt)
+        if is_best:
+            save_checkpoint(self.cv_dir / BEST, **ckpt)
+        self.last_metrics = metrics
+
+    def close(self) -> None:
+        self.logger.close()
+
+
+def load_resume(args: Namespace, stage: str) -> dict | None:
+    """The checkpoint --resume points to (a file, a run directory's ckpt_last.pt, or with no value
+    --cv_dir's), checked to be of this stage and model; None without --resume."""
+    if args.resume is None:
+        return None
+    ckpt = load_checkpoint(args.resume or args.cv_dir, stages=(stage,), model=args.model,
+                           default_name=LAST)
+    if ckpt.get("optimizer") is None:
+        raise PatchDropError(f"{ckpt['path']}: has no optimizer state to resume from")
+    return ckpt

@@ -1,0 +1,89 @@
+"""The spec table: everything that depends on ``--model``, in one place.
+
+Each entry fixes the dataset, its image sizes, the architectures of the classifiers and the policy,
+and the paper's default hyper-parameters per stage (../shared/docs/method.md). Nothing else in the code
+parses the model name; new datasets are new entries here.
+"""
+from dataclasses import dataclass, field
+
+from .errors import PatchDropError
+
+STAGES = ("classifier_hr", "classifier_lr", "pretrain", "finetune", "finetune2stream")
+
+# Normalization of method.md for CIFAR (per-channel mean and std of the training pixels).
+CIFAR_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
+CIFAR_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
+
+
+@dataclass(frozen=True)
+class StageDefaults:
+    """Paper defaults of one stage; every one of them can be overridden on the command line."""
+
+    lr: float
+    batch_size: int
+    max_epochs: int
+    penalty: float | None = None  # reward of a wrong prediction (policy stages)
+    alpha: float | None = None  # exploration bound of the Bernoulli policy (policy stages)
+    momentum: float = 0.9  # SGD, classifier stages
+    weight_decay: float = 0.0
+    lr_milestones: tuple[int, ...] = ()  # epochs at which the classifier LR is multiplied by 0.1
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    dataset: str  # folder name under --data_dir and the torchvision dataset class
+    num_classes: int
+    hr_size: int  # side of the high-resolution image
+    patch_size: int  # side of one HR patch; the grid is hr_size // patch_size patches a side
+    lr_size: int  # side of the low-resolution image seen by the policy and the LR classifier
+    classifier_arch: str  # key of models.ARCHITECTURES, for the HR and the LR classifier
+    policy_arch: str
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    stages: dict[str, StageDefaults] = field(default_factory=dict)
+
+    @property
+    def grid(self) -> int:
+        return self.hr_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid**2
+
+
+# CIFAR: method.md "Stages". The classifier schedule is the paper's (300 epochs, LR x0.1 at 150 and
+# 250). The authors' policy scripts ran until stopped (max_epochs 10000); our finite defaults are
+# explained in the README ("Epoch budgets").
+_CIFAR_STAGES = {
+    "classifier_hr": StageDefaults(0.1, 128, 300, weight_decay=5e-4, lr_milestones=(150, 250)),
+    "classifier_lr": StageDefaults(0.1, 128, 300, weight_decay=5e-4, lr_milestones=(150, 250)),
+    "pretrain": StageDefaults(1e-4, 1024, 300, penalty=-0.5, alpha=0.8),
+    "finetune": StageDefaults(1e-4, 128, 200, penalty=-10.0, alpha=0.8),
+    "finetune2stream": StageDefaults(1e-4, 128, 200, penalty=-10.0, alpha=0.8),
+}
+
+
+def _cifar(name: str, dataset: str, num_classes: int) -> ModelSpec:
+    return ModelSpec(
+        name=name, dataset=dataset, num_classes=num_classes,
+        hr_size=32, patch_size=8, lr_size=8,
+        classifier_arch="resnet32_cifar", policy_arch="resnet8_cifar",
+        mean=CIFAR_MEAN, std=CIFAR_STD, stages=_CIFAR_STAGES,
+    )
+
+
+SPECS: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        _cifar("R32_C10", "CIFAR10", 10),
+        _cifar("R32_C100", "CIFAR100", 100),
+    )
+}
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The spec of ``--model name``; an unknown name raises a PatchDropError listing the valid ones."""
+    if name not in SPECS:
+        raise PatchDropError(f"unknown --model {name!r}; choose one of: {', '.join(SPECS)}")
+    return SPECS[name]
