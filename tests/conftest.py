@@ -1,0 +1,30 @@
+"""Shared fixtures: a small real CIFAR-10 subset extracted from the archive named by
+PATCHDROP_CIFAR10_TAR (tests that need it are skipped with a reason when it is unset)."""
+import os
+import re
+import tarfile
+from pathlib import Path
+
+import pytest
+
+CIFAR_TAR_ENV = "PATCHDROP_CIFAR10_TAR"
+# Images per class extracted for the real-data tests: 30 train + 10 test per class.
+PER_CLASS = {"train": 30, "test": 10}
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir(tmp_path_factory) -> Path:
+    """A data directory holding CIFAR10/{train,test}/<class>/NNNN.jpg, 300 train and 100 test images."""
+    archive = os.environ.get(CIFAR_TAR_ENV)
+    if not archive:
+        pytest.skip(f"{CIFAR_TAR_ENV} is not set (point it at cifar10-jpeg.tar.gz)")
+    if not Path(archive).is_file():
+        pytest.skip(f"{CIFAR_TAR_ENV}={archive} is not a file")
+    root = tmp_path_factory.mktemp("cifar")
+    pattern = re.compile(r"CIFAR10/(train|test)/\w+/(\d+)\.jpg$")
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar:
+            match = pattern.match(member.name)
+            if match and int(match.group(2)) < PER_CLASS[match.group(1)]:
+                tar.extract(member, root, filter="data")
+    return root

@@ -1,0 +1,46 @@
+"""Epoch statistics against hand-worked numbers; console, JSONL and TensorBoard outputs."""
+import json
+
+import pytest
+import torch
+
+from utils.metrics import MetricsLogger, PolicyStats, console_lines
+
+
+def test_policy_stats_hand_worked():
+    stats = PolicyStats()
+    a1 = torch.tensor([[1.0, 1, 0, 0], [1, 1, 0, 0]])  # 2 kept, twice the same policy
+    a2 = torch.tensor([[1.0, 1, 1, 1], [0, 0, 0, 0]])  # 4 and 0 kept
+    stats.update(torch.tensor([1.0, 0]), torch.tensor([0.75, -1.0]), a1, torch.tensor([0.0, 0.0]))
+    stats.update(torch.tensor([1.0, 1]), torch.tensor([0.0, 1.0]), a2, torch.tensor([1.0, 1.0]))
+    out = stats.compute()
+    assert out["accuracy"] == 0.75
+    assert out["reward"] == pytest.approx(0.1875)
+    assert out["sparsity"] == 2.0
+    # counts 2, 2, 4, 0: sample variance ((0+0+4+4)/3) -> std sqrt(8/3)
+    assert out["variance"] == pytest.approx((8 / 3) ** 0.5)
+    assert out["unique_policies"] == 3
+    assert out["baseline_reward"] == 0.5
+
+
+def test_console_line_shape():
+    metrics = {"epoch": 4, "train_accuracy": 0.5, "train_reward": 0.25, "train_sparsity": 8.0,
+               "train_variance": 1.5, "train_unique_policies": 12, "test_accuracy": 0.75,
+               "test_reward": 0.5, "test_sparsity": 6.0, "test_variance": 1.0, "test_unique_policies": 3}
+    assert console_lines(metrics) == [
+        "Train: 4 | Acc: 0.500 | Rw: 2.50E-01 | S: 8.000 | V: 1.500 | #: 12",
+        "Test: 4 | Acc: 0.750 | Rw: 5.00E-01 | S: 6.000 | V: 1.000 | #: 3",
+    ]
+
+
+def test_logger_writes_jsonl_and_tensorboard_and_truncates_on_resume(tmp_path):
+    logger = MetricsLogger(tmp_path)
+    for epoch in range(3):
+        logger.log({"epoch": epoch, "train_accuracy": epoch / 10})
+    logger.close()
+    lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [l["epoch"] for l in lines] == [0, 1, 2]
+    assert list((tmp_path / "log").glob("events.out.tfevents.*"))
+    # Resuming from the checkpoint of epoch 1 drops the line of epoch 2, which will run again.
+    MetricsLogger(tmp_path, resume_epoch=1).close()
+    assert [json.loads(l)["epoch"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0, 1]
