@@ -17,11 +17,11 @@ from tqdm import tqdm
 from models import build_model
 from utils.checkpoint import load_weights
 from utils.cli import add_common_args, apply_defaults, check_args
-from utils.data import build_datasets, build_loader
+from utils.data import build_loaders
 from utils.errors import PatchDropError
 from utils.metrics import ClassifierStats, console_lines, prefixed
 from utils.policy import downsample
-from utils.runtime import Run, load_resume, seed_everything, select_device
+from utils.runtime import Run, load_resume, run_summary, seed_everything, select_device
 from utils.spec import get_spec
 
 
@@ -83,13 +83,7 @@ def main(args: argparse.Namespace) -> dict:
 
     # The run directory is checked before the data loads, so a wrong --cv_dir fails fast.
     run = Run(args, stage, score_key="test_accuracy", resume=resume)
-    train_set, test_set = build_datasets(spec, args.data_dir, download=not args.no_download,
-                                         fake_data=args.fake_data, train_samples=args.train_samples,
-                                         test_samples=args.test_samples)
-    train_loader = build_loader(train_set, args.batch_size, train=True, num_workers=args.num_workers,
-                                device=device, seed=args.seed)
-    test_loader = build_loader(test_set, args.batch_size, train=False, num_workers=args.num_workers,
-                               device=device, seed=args.seed)
+    train_loader, test_loader = build_loaders(spec, args, device)
 
     model = build_model(spec.classifier_arch, spec.num_classes).to(device)
     defaults = spec.stages[stage]
@@ -101,8 +95,9 @@ def main(args: argparse.Namespace) -> dict:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
 
-    print(f"{stage} {spec.name}: {len(train_set)} train / {len(test_set)} test images, "
-          f"{args.img_size}px input, epochs {run.start_epoch}..{args.max_epochs - 1}, device {device}")
+    summary = run_summary(stage, args, len(train_loader.dataset), len(test_loader.dataset), device,
+                          run.start_epoch)
+    print("\n".join(summary), flush=True)
     for epoch in range(run.start_epoch, args.max_epochs):
         metrics = {"epoch": epoch,
                    **prefixed("train", train_one_epoch(model, train_loader, optimizer, device,

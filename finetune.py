@@ -18,14 +18,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models import build_model
-from utils.checkpoint import load_checkpoint, load_required, load_weights
+from utils.checkpoint import init_policy_and_hr, load_all_weights
 from utils.cli import add_common_args, add_policy_args, apply_defaults, check_args
-from utils.data import build_datasets, build_loader
+from utils.data import build_loaders
 from utils.errors import PatchDropError
 from utils.metrics import PolicyStats, console_lines, prefixed
 from utils.policy import (bound_probs, compute_reward, downsample, greedy_action, mask_image,
                           reinforce_loss, sample_action)
-from utils.runtime import Run, load_resume, seed_everything, select_device
+from utils.runtime import Run, load_resume, run_summary, seed_everything, select_device
 from utils.spec import get_spec
 
 STAGE = "finetune"
@@ -83,26 +83,6 @@ def evaluate(agent, resnet_hr, loader, device, *, penalty: float, lr_size: int) 
     return stats.compute()
 
 
-def load_networks(args, spec, agent, resnet_hr, resume: dict | None) -> None:
-    """Weights from --resume, else the policy from --load and the HR classifier from --ckpt_hr_cl
-    (or, without it, from the --load checkpoint)."""
-    if resume:
-        load_weights(agent, resume, "agent")
-        load_weights(resnet_hr, resume, "resnet_hr")
-        return
-    pretrained = load_checkpoint(args.load, stages=("pretrain",), model=spec.name) if args.load else None
-    if pretrained:
-        load_weights(agent, pretrained, "agent")
-    else:
-        print("note: no --load given; the policy starts from random weights", file=sys.stderr)
-    if args.ckpt_hr_cl or not pretrained:
-        hr_ckpt = load_required(args.ckpt_hr_cl, "--ckpt_hr_cl", stages=("classifier_hr",),
-                                model=spec.name, hint="python classifier_training.py --mode hr")
-        load_weights(resnet_hr, hr_ckpt, "state_dict")
-    else:
-        load_weights(resnet_hr, pretrained, "resnet_hr")
-
-
 def main(args: argparse.Namespace) -> dict:
     spec = get_spec(args.model)
     apply_defaults(args, spec, STAGE)
@@ -113,7 +93,12 @@ def main(args: argparse.Namespace) -> dict:
     agent = build_model(spec.policy_arch, spec.num_patches)
     resnet_hr = build_model(spec.classifier_arch, spec.num_classes)
     resume = load_resume(args, STAGE)
-    load_networks(args, spec, agent, resnet_hr, resume)
+    if resume:
+        load_all_weights({"agent": agent, "resnet_hr": resnet_hr}, resume)
+    else:
+        for note in init_policy_and_hr(agent, resnet_hr, load=args.load, load_stage="pretrain",
+                                       ckpt_hr_cl=args.ckpt_hr_cl, model=spec.name):
+            print(f"note: {note}", file=sys.stderr)
     agent, resnet_hr = agent.to(device), resnet_hr.to(device)
     optimizer = torch.optim.Adam(itertools.chain(agent.parameters(), resnet_hr.parameters()), lr=args.lr)
     if resume:
@@ -121,16 +106,11 @@ def main(args: argparse.Namespace) -> dict:
 
     # The run directory is checked before the data loads, so a wrong --cv_dir fails fast.
     run = Run(args, STAGE, score_key="test_reward", resume=resume)
-    train_set, test_set = build_datasets(spec, args.data_dir, download=not args.no_download,
-                                         fake_data=args.fake_data, train_samples=args.train_samples,
-                                         test_samples=args.test_samples)
-    train_loader = build_loader(train_set, args.batch_size, train=True, num_workers=args.num_workers,
-                                device=device, seed=args.seed)
-    test_loader = build_loader(test_set, args.batch_size, train=False, num_workers=args.num_workers,
-                               device=device, seed=args.seed)
+    train_loader, test_loader = build_loaders(spec, args, device)
 
-    print(f"{STAGE} {spec.name}: {len(train_set)} train / {len(test_set)} test images, "
-          f"epochs {run.start_epoch}..{args.max_epochs - 1}, device {device}")
+    summary = run_summary(STAGE, args, len(train_loader.dataset), len(test_loader.dataset), device,
+                          run.start_epoch)
+    print("\n".join(summary), flush=True)
     policy_args = dict(penalty=args.penalty, lr_size=args.lr_size)
     for epoch in range(run.start_epoch, args.max_epochs):
         train_stats = train_one_epoch(agent, resnet_hr, train_loader, optimizer, device,

@@ -18,14 +18,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models import build_model
-from utils.checkpoint import load_checkpoint, load_required, load_weights
+from utils.checkpoint import init_policy_and_hr, load_all_weights, load_required, load_weights
 from utils.cli import add_common_args, add_policy_args, apply_defaults, check_args
-from utils.data import build_datasets, build_loader
+from utils.data import build_loaders
 from utils.errors import PatchDropError
 from utils.metrics import PolicyStats, console_lines, prefixed
 from utils.policy import (bound_probs, compute_reward, downsample, fuse_logits, greedy_action,
                           mask_image, reinforce_loss, sample_action)
-from utils.runtime import Run, load_resume, seed_everything, select_device
+from utils.runtime import Run, load_resume, run_summary, seed_everything, select_device
 from utils.spec import get_spec
 
 STAGE = "finetune2stream"
@@ -89,32 +89,16 @@ def evaluate(agent, resnet_hr, resnet_lr, loader, device, *, penalty: float, lr_
     return stats.compute()
 
 
-def load_networks(args, spec, agent, resnet_hr, resnet_lr, resume: dict | None) -> None:
-    """Weights from --resume, else the policy (and HR classifier) from --load, the HR classifier from
-    --ckpt_hr_cl when given, and the LR classifier from --ckpt_lr_cl, which is required."""
-    if resume:
-        for key, net in (("agent", agent), ("resnet_hr", resnet_hr), ("resnet_lr", resnet_lr)):
-            load_weights(net, resume, key)
-        return
+def load_lr_classifier(resnet_lr, path: str | None, spec, lr_size: int) -> None:
+    """The frozen LR classifier of stage 1, which must have been trained on ``lr_size`` inputs."""
     # DEVIATION: the authors' script ran with a random LR classifier when none was given.
-    lr_ckpt = load_required(args.ckpt_lr_cl, "--ckpt_lr_cl", stages=("classifier_lr",), model=spec.name,
-                            hint=f"python classifier_training.py --mode lr --img_size {args.lr_size}")
-    trained_at = lr_ckpt["args"].get("img_size")
-    if trained_at != args.lr_size:
-        raise PatchDropError(f"{lr_ckpt['path']}: LR classifier trained on {trained_at}px images, "
-                             f"but --lr_size is {args.lr_size}")
-    load_weights(resnet_lr, lr_ckpt, "state_dict")
-    finetuned = load_checkpoint(args.load, stages=("finetune",), model=spec.name) if args.load else None
-    if finetuned:
-        load_weights(agent, finetuned, "agent")
-    else:
-        print("note: no --load given; the policy starts from random weights", file=sys.stderr)
-    if args.ckpt_hr_cl or not finetuned:
-        hr_ckpt = load_required(args.ckpt_hr_cl, "--ckpt_hr_cl", stages=("classifier_hr",),
-                                model=spec.name, hint="or pass --load with a finetune run")
-        load_weights(resnet_hr, hr_ckpt, "state_dict")
-    else:
-        load_weights(resnet_hr, finetuned, "resnet_hr")
+    ckpt = load_required(path, "--ckpt_lr_cl", stages=("classifier_lr",), model=spec.name,
+                         hint=f"from classifier_training.py --mode lr --img_size {lr_size}")
+    trained_at = ckpt["args"].get("img_size")
+    if trained_at != lr_size:
+        raise PatchDropError(f"{ckpt['path']}: LR classifier trained on {trained_at}px images, "
+                             f"but --lr_size is {lr_size}")
+    load_weights(resnet_lr, ckpt, "state_dict")
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -128,7 +112,13 @@ def main(args: argparse.Namespace) -> dict:
     resnet_hr = build_model(spec.classifier_arch, spec.num_classes)
     resnet_lr = build_model(spec.classifier_arch, spec.num_classes)
     resume = load_resume(args, STAGE)
-    load_networks(args, spec, agent, resnet_hr, resnet_lr, resume)
+    if resume:
+        load_all_weights({"agent": agent, "resnet_hr": resnet_hr, "resnet_lr": resnet_lr}, resume)
+    else:
+        load_lr_classifier(resnet_lr, args.ckpt_lr_cl, spec, args.lr_size)
+        for note in init_policy_and_hr(agent, resnet_hr, load=args.load, load_stage="finetune",
+                                       ckpt_hr_cl=args.ckpt_hr_cl, model=spec.name):
+            print(f"note: {note}", file=sys.stderr)
     agent, resnet_hr = agent.to(device), resnet_hr.to(device)
     resnet_lr = resnet_lr.to(device).requires_grad_(False)
     optimizer = torch.optim.Adam(itertools.chain(agent.parameters(), resnet_hr.parameters()), lr=args.lr)
@@ -137,16 +127,11 @@ def main(args: argparse.Namespace) -> dict:
 
     # The run directory is checked before the data loads, so a wrong --cv_dir fails fast.
     run = Run(args, STAGE, score_key="test_reward", resume=resume)
-    train_set, test_set = build_datasets(spec, args.data_dir, download=not args.no_download,
-                                         fake_data=args.fake_data, train_samples=args.train_samples,
-                                         test_samples=args.test_samples)
-    train_loader = build_loader(train_set, args.batch_size, train=True, num_workers=args.num_workers,
-                                device=device, seed=args.seed)
-    test_loader = build_loader(test_set, args.batch_size, train=False, num_workers=args.num_workers,
-                               device=device, seed=args.seed)
+    train_loader, test_loader = build_loaders(spec, args, device)
 
-    print(f"{STAGE} {spec.name}: {len(train_set)} train / {len(test_set)} test images, fusion "
-          f"{args.fusion}, epochs {run.start_epoch}..{args.max_epochs - 1}, device {device}")
+    summary = run_summary(STAGE, args, len(train_loader.dataset), len(test_loader.dataset), device,
+                          run.start_epoch)
+    print("\n".join(summary), flush=True)
     policy_args = dict(penalty=args.penalty, lr_size=args.lr_size, fusion=args.fusion)
     nets = {"agent": agent, "resnet_hr": resnet_hr, "resnet_lr": resnet_lr}
     for epoch in range(run.start_epoch, args.max_epochs):

@@ -15,14 +15,14 @@ import torch
 from tqdm import tqdm
 
 from models import build_model
-from utils.checkpoint import load_required, load_weights
+from utils.checkpoint import load_all_weights, load_required, load_weights
 from utils.cli import add_common_args, add_policy_args, apply_defaults, check_args
-from utils.data import build_datasets, build_loader
+from utils.data import build_loaders
 from utils.errors import PatchDropError
 from utils.metrics import PolicyStats, console_lines, prefixed
 from utils.policy import (apply_curriculum, bound_probs, compute_reward, curriculum_learned, downsample,
                           greedy_action, mask_image, reinforce_loss, sample_action)
-from utils.runtime import Run, load_resume, seed_everything, select_device
+from utils.runtime import Run, load_resume, run_summary, seed_everything, select_device
 from utils.spec import get_spec
 
 STAGE = "pretrain"
@@ -33,6 +33,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ckpt_hr_cl", default=None, help="HR classifier checkpoint (file or run dir)")
     add_common_args(parser)
     add_policy_args(parser)
+    # DEVIATION: the authors' pretrain always ran this curriculum; method.md makes it opt-in.
     parser.add_argument("--curriculum", action="store_true",
                         help="at epoch e < P learn only patches 0..e, keeping the others")
     return parser
@@ -93,8 +94,7 @@ def main(args: argparse.Namespace) -> dict:
     resnet_hr = build_model(spec.classifier_arch, spec.num_classes)
     resume = load_resume(args, STAGE)
     if resume:
-        load_weights(agent, resume, "agent")
-        load_weights(resnet_hr, resume, "resnet_hr")
+        load_all_weights({"agent": agent, "resnet_hr": resnet_hr}, resume)
     else:
         hr_ckpt = load_required(args.ckpt_hr_cl, "--ckpt_hr_cl", stages=("classifier_hr",),
                                 model=spec.name, hint="python classifier_training.py --mode hr")
@@ -106,16 +106,11 @@ def main(args: argparse.Namespace) -> dict:
 
     # The run directory is checked before the data loads, so a wrong --cv_dir fails fast.
     run = Run(args, STAGE, score_key="test_reward", resume=resume)
-    train_set, test_set = build_datasets(spec, args.data_dir, download=not args.no_download,
-                                         fake_data=args.fake_data, train_samples=args.train_samples,
-                                         test_samples=args.test_samples)
-    train_loader = build_loader(train_set, args.batch_size, train=True, num_workers=args.num_workers,
-                                device=device, seed=args.seed)
-    test_loader = build_loader(test_set, args.batch_size, train=False, num_workers=args.num_workers,
-                               device=device, seed=args.seed)
+    train_loader, test_loader = build_loaders(spec, args, device)
 
-    print(f"{STAGE} {spec.name}: {len(train_set)} train / {len(test_set)} test images, "
-          f"epochs {run.start_epoch}..{args.max_epochs - 1}, device {device}")
+    summary = run_summary(STAGE, args, len(train_loader.dataset), len(test_loader.dataset), device,
+                          run.start_epoch)
+    print("\n".join(summary), flush=True)
     policy_args = dict(penalty=args.penalty, lr_size=args.lr_size)
     for epoch in range(run.start_epoch, args.max_epochs):
         learned = None

@@ -110,9 +110,12 @@ def test_reinforce_step_moves_probability_towards_better_action():
     assert logp_new[1] < logp_old[1]  # punished action: less likely
 
 
-def test_log_prob_is_finite_at_certain_probabilities():
-    probs = torch.tensor([[0.0, 1.0]])
-    assert torch.equal(policy.log_prob(probs, torch.tensor([[0.0, 1.0]])), torch.zeros(1, 2))
+def test_log_prob_and_its_gradient_are_finite_at_certain_probabilities():
+    probs = torch.tensor([[0.0, 1.0, 0.25]], requires_grad=True)
+    logp = policy.log_prob(probs, torch.tensor([[0.0, 1.0, 1.0]]))
+    assert torch.allclose(logp, torch.tensor([[0.0, 0.0, math.log(0.25)]]))
+    logp.sum().backward()
+    assert torch.isfinite(probs.grad).all()
 
 
 def test_fusion():

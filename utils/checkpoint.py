@@ -136,3 +136,30 @@ def load_required(path: str | Path | None, flag: str, *, stages: tuple[str, ...]
     if path is None:
         raise PatchDropError(f"{flag} is required: the {' or '.join(stages)} checkpoint ({hint})")
     return load_checkpoint(path, stages=stages, model=model)
+
+
+def load_all_weights(nets: dict[str, nn.Module], ckpt: dict) -> None:
+    """Every network of ``nets`` from the checkpoint key of the same name (resuming a stage)."""
+    for key, net in nets.items():
+        load_weights(net, ckpt, key)
+
+
+def init_policy_and_hr(agent: nn.Module, resnet_hr: nn.Module, *, load: str | None, load_stage: str,
+                       ckpt_hr_cl: str | None, model: str) -> list[str]:
+    """Start a fine-tuning stage: the policy from ``load`` (a ``load_stage`` checkpoint), the HR
+    classifier from ``ckpt_hr_cl`` when given, else the one stored in ``load``. Returns notes for the
+    user (e.g. that the policy starts from random weights)."""
+    notes = []
+    earlier = load_checkpoint(load, stages=(load_stage,), model=model) if load else None
+    if earlier:
+        load_weights(agent, earlier, "agent")
+    else:
+        notes.append(f"no --load given: the policy starts from random weights, not a {load_stage} run")
+    if ckpt_hr_cl or not earlier:
+        hr_ckpt = load_required(ckpt_hr_cl, "--ckpt_hr_cl", stages=("classifier_hr",), model=model,
+                                hint=f"from classifier_training.py --mode hr, or pass --load with a "
+                                     f"{load_stage} run")
+        load_weights(resnet_hr, hr_ckpt, "state_dict")
+    else:
+        load_weights(resnet_hr, earlier, "resnet_hr")
+    return notes

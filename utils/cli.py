@@ -19,7 +19,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     add("--lr", type=float, default=None, help="learning rate (default: the paper's, per stage)")
     add("--batch_size", type=int, default=None, help="batch size (default: the paper's, per stage)")
     add("--max_epochs", type=int, default=None, help="epochs to train (default: per stage, README)")
-    add("--test_interval", type=int, default=5, help="test every N epochs, and after the last one")
+    add("--test_interval", type=int, default=10, help="test every N epochs (from epoch 0) and after the last")
     add("--num_workers", type=int, default=min(4, os.cpu_count() or 1),
         help="DataLoader worker processes (default: 4, or the number of CPUs if fewer)")
     add("--seed", type=int, default=0, help="seed of weights, sampling and data order")

@@ -114,3 +114,14 @@ def build_loader(dataset: Dataset, batch_size: int, *, train: bool, num_workers:
         pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
         generator=torch.Generator().manual_seed(seed) if train else None,
     )
+
+
+def build_loaders(spec: ModelSpec, args, device: torch.device) -> tuple[DataLoader, DataLoader]:
+    """Train and test loaders for a stage script, from its --data_dir, --batch_size, --num_workers,
+    --seed, --no_download, --fake_data, --train_samples and --test_samples."""
+    train_set, test_set = build_datasets(spec, args.data_dir, download=not args.no_download,
+                                         fake_data=args.fake_data, train_samples=args.train_samples,
+                                         test_samples=args.test_samples)
+    options = dict(num_workers=args.num_workers, device=device, seed=args.seed)
+    return (build_loader(train_set, args.batch_size, train=True, **options),
+            build_loader(test_set, args.batch_size, train=False, **options))

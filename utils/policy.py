@@ -31,10 +31,12 @@ def sample_action(probs: torch.Tensor, generator: torch.Generator | None = None)
 
 
 def log_prob(probs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-    """log pi(a_p) = a_p log s_p + (1 - a_p) log(1 - s_p), per patch [B, P], computed in float32."""
-    probs = probs.float()
-    # where() rather than a*log(s) + (1-a)*log(1-s): 0 * log(0) would give NaN for s in {0, 1}.
-    return torch.where(action.bool(), torch.log(probs), torch.log1p(-probs))
+    """log pi(a_p) = a_p log s_p + (1 - a_p) log(1 - s_p), per patch [B, P], computed in float32.
+
+    Written as -BCE, whose log is clamped at -100 and whose gradient stays finite where s is exactly 0
+    or 1 (possible with --alpha 1 and a saturated sigmoid); a*log(s) would give NaN there.
+    """
+    return -F.binary_cross_entropy(probs.float(), action.float(), reduction="none")
 
 
 def action_to_mask(action: torch.Tensor, image_size: int) -> torch.Tensor:

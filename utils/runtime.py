@@ -103,3 +103,16 @@ def load_resume(args: Namespace, stage: str) -> dict | None:
     if ckpt.get("optimizer") is None:
         raise PatchDropError(f"{ckpt['path']}: has no optimizer state to resume from")
     return ckpt
+
+
+def run_summary(stage: str, args: Namespace, train_size: int, test_size: int, device: torch.device,
+                start_epoch: int) -> list[str]:
+    """Lines a stage prints before training: what runs where, and subset requests that the split
+    could not satisfy (the whole split is used then)."""
+    lines = [f"{stage} {args.model}: {train_size} train / {test_size} test images, "
+             f"epochs {start_epoch}..{args.max_epochs - 1}, device {device}"]
+    for flag, requested, found in (("--train_samples", args.train_samples, train_size),
+                                   ("--test_samples", args.test_samples, test_size)):
+        if requested is not None and requested > found:
+            lines.append(f"note: {flag} {requested} is more than the split's {found} images; using all")
+    return lines
