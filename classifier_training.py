@@ -95,9 +95,7 @@ def main(args: argparse.Namespace) -> dict:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
 
-    summary = run_summary(stage, args, len(train_loader.dataset), len(test_loader.dataset), device,
-                          run.start_epoch)
-    print("\n".join(summary), flush=True)
+    print("\n".join(run_summary(stage, args, train_loader, test_loader, device, run.start_epoch)))
     for epoch in range(run.start_epoch, args.max_epochs):
         metrics = {"epoch": epoch,
                    **prefixed("train", train_one_epoch(model, train_loader, optimizer, device,

@@ -108,9 +108,7 @@ def main(args: argparse.Namespace) -> dict:
     run = Run(args, STAGE, score_key="test_reward", resume=resume)
     train_loader, test_loader = build_loaders(spec, args, device)
 
-    summary = run_summary(STAGE, args, len(train_loader.dataset), len(test_loader.dataset), device,
-                          run.start_epoch)
-    print("\n".join(summary), flush=True)
+    print("\n".join(run_summary(STAGE, args, train_loader, test_loader, device, run.start_epoch)))
     policy_args = dict(penalty=args.penalty, lr_size=args.lr_size)
     for epoch in range(run.start_epoch, args.max_epochs):
         learned = None

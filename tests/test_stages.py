@@ -155,3 +155,15 @@ def test_command_line_error_has_no_traceback(tmp_path, argv, message):
     assert proc.returncode == 1
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_summary_says_when_a_subset_request_exceeds_the_split():
+    from types import SimpleNamespace
+
+    from utils.runtime import run_summary
+
+    loader = lambda n: SimpleNamespace(dataset=range(n))  # noqa: E731
+    args = SimpleNamespace(model="R32_C10", max_epochs=3, train_samples=500, test_samples=None)
+    lines = run_summary("pretrain", args, loader(300), loader(100), "cpu", 0)
+    assert lines == ["pretrain R32_C10: 300 train / 100 test images, epochs 0..2, device cpu",
+                     "note: --train_samples 500 is more than the split's 300 images; using all"]

@@ -105,10 +105,11 @@ def load_resume(args: Namespace, stage: str) -> dict | None:
     return ckpt
 
 
-def run_summary(stage: str, args: Namespace, train_size: int, test_size: int, device: torch.device,
+def run_summary(stage: str, args: Namespace, train_loader, test_loader, device: torch.device,
                 start_epoch: int) -> list[str]:
     """Lines a stage prints before training: what runs where, and subset requests that the split
     could not satisfy (the whole split is used then)."""
+    train_size, test_size = len(train_loader.dataset), len(test_loader.dataset)
     lines = [f"{stage} {args.model}: {train_size} train / {test_size} test images, "
              f"epochs {start_epoch}..{args.max_epochs - 1}, device {device}"]
     for flag, requested, found in (("--train_samples", args.train_samples, train_size),
