@@ -74,15 +74,15 @@ def console_lines(metrics: dict) -> list[str]:
     ``Train: 3 | Acc: 0.812 | Rw: 3.21E-01 | S: 8.125 | V: 2.013 | #: 1234``."""
     lines = []
     for split in ("train", "test"):
-        if f"{split}_accuracy" not in metrics:
+        m = {key.removeprefix(f"{split}_"): v for key, v in metrics.items() if key.startswith(f"{split}_")}
+        if "accuracy" not in m:
             continue
-        get = lambda key: metrics.get(f"{split}_{key}")  # noqa: E731
-        parts = [f"{split.capitalize()}: {metrics['epoch']}", f"Acc: {get('accuracy'):.3f}"]
-        if get("reward") is not None:
-            parts += [f"Rw: {get('reward'):.2E}", f"S: {get('sparsity'):.3f}",
-                      f"V: {get('variance'):.3f}", f"#: {get('unique_policies')}"]
-        if get("loss") is not None:
-            parts.append(f"Loss: {get('loss'):.4f}")
+        parts = [f"{split.capitalize()}: {metrics['epoch']}", f"Acc: {m['accuracy']:.3f}"]
+        if "reward" in m:
+            parts += [f"Rw: {m['reward']:.2E}", f"S: {m['sparsity']:.3f}", f"V: {m['variance']:.3f}",
+                      f"#: {m['unique_policies']}"]
+        if "loss" in m:
+            parts.append(f"Loss: {m['loss']:.4f}")
         lines.append(" | ".join(parts))
     return lines
 
