@@ -116,7 +116,8 @@ def test_resume_continues_and_overwrite_is_explicit(tmp_path):
     with pytest.raises(PatchDropError, match="expected a pretrain checkpoint"):
         run(pretrain, *args, "--max_epochs", 4, "--resume")
     run(classifier_training, *args, "--max_epochs", 1, "--overwrite")
-    assert ckpt(tmp_path / "ckpt_last.pt")["epoch"] == 0
+    assert ckpt(tmp_path / "ckpt_last.pt")["epoch"] == 0 and ckpt(tmp_path / "ckpt_best.pt")["epoch"] == 0
+    assert len(list((tmp_path / "log").glob("events.out.tfevents.*"))) == 1
 
 
 @pytest.mark.parametrize("script,argv,message", [

@@ -45,6 +45,10 @@ def prepare_run_dir(cv_dir: str | Path, args: Namespace, *, resuming: bool, over
     if (cv_dir / LAST).exists() and not (resuming or overwrite):
         raise PatchDropError(f"{cv_dir} already holds a run ({LAST}); pass --resume to continue it, "
                              f"--overwrite to start over, or choose another --cv_dir")
+    if overwrite and not resuming:
+        # Starting over: no checkpoint or TensorBoard curve of the old run may mix with the new one.
+        for old in [cv_dir / LAST, cv_dir / BEST, *cv_dir.glob("log/events.out.tfevents.*")]:
+            old.unlink(missing_ok=True)
     cv_dir.mkdir(parents=True, exist_ok=True)
     (cv_dir / "args.json").write_text(json.dumps(plain_args(args), indent=2) + "\n")
     return cv_dir
