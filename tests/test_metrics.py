@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from utils.metrics import MetricsLogger, PolicyStats, console_lines
 
@@ -40,7 +41,10 @@ def test_logger_writes_jsonl_and_tensorboard_and_truncates_on_resume(tmp_path):
     logger.close()
     lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [l["epoch"] for l in lines] == [0, 1, 2]
-    assert list((tmp_path / "log").glob("events.out.tfevents.*"))
+    events = EventAccumulator(str(tmp_path / "log"))
+    events.Reload()
+    assert events.Tags()["scalars"] == ["train_accuracy"]  # the same tag names as metrics.jsonl
+    assert [(e.step, round(e.value, 6)) for e in events.Scalars("train_accuracy")] == [(0, 0.0), (1, 0.1), (2, 0.2)]
     # Resuming from the checkpoint of epoch 1 drops the line of epoch 2, which will run again.
     MetricsLogger(tmp_path, resume_epoch=1).close()
     assert [json.loads(l)["epoch"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0, 1]
