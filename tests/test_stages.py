@@ -36,8 +36,9 @@ def chain(cv: Path, model: str, data: list) -> dict:
                     "--batch_size", 128, "--img_size", 8, "--mode", "lr", *data)
     out["pt"] = run(pretrain, "--model", model, "--lr", 1e-4, "--cv_dir", cv / "pt", "--batch_size",
                     1024, "--penalty", -0.5, "--ckpt_hr_cl", cv / "hr", *data)
+    # --Load: the spelling of the authors' README for this stage.
     out["ft"] = run(finetune, "--model", model, "--lr", 1e-4, "--cv_dir", cv / "ft", "--batch_size",
-                    128, "--load", cv / "pt", "--ckpt_hr_cl", cv / "hr", "--penalty", -10, *data)
+                    128, "--Load", cv / "pt", "--ckpt_hr_cl", cv / "hr", "--penalty", -10, *data)
     out["ft2"] = run(finetune2stream, "--model", model, "--lr", 1e-4, "--cv_dir", cv / "ft2",
                      "--batch_size", 128, "--load", cv / "ft", "--ckpt_lr_cl", cv / "lr", "--penalty",
                      -10, *data)
