@@ -16,13 +16,12 @@ from tqdm import tqdm
 
 from models import build_model
 from utils.checkpoint import load_weights
-from utils.cli import add_common_args, apply_defaults, check_args
+from utils.cli import add_common_args
 from utils.data import build_loaders
 from utils.errors import PatchDropError
 from utils.metrics import ClassifierStats, console_lines, prefixed
 from utils.policy import downsample
-from utils.runtime import Run, load_resume, run_summary, seed_everything, select_device
-from utils.spec import get_spec
+from utils.runtime import Run, load_resume, run_summary, setup
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -66,19 +65,13 @@ def evaluate(model, loader, device, *, img_size: int) -> dict:
 
 
 def main(args: argparse.Namespace) -> dict:
-    spec = get_spec(args.model)
     stage = f"classifier_{args.mode}"
-    apply_defaults(args, spec, stage)
-    if args.img_size is None:
-        args.img_size = spec.hr_size if args.mode == "hr" else spec.lr_size
-    check_args(args, spec)
+    spec, device = setup(args, stage)
     if args.mode == "hr" and args.img_size != spec.hr_size:
         raise PatchDropError(f"--mode hr trains on full {spec.hr_size}px images of {spec.name}, got "
                              f"--img_size {args.img_size}; use --mode lr for a lower resolution")
     if args.img_size <= 0 or spec.hr_size % args.img_size:
         raise PatchDropError(f"--img_size must divide the HR size {spec.hr_size}, got {args.img_size}")
-    seed_everything(args.seed)
-    device = select_device(args.device)
     resume = load_resume(args, stage)
 
     # The run directory is checked before the data loads, so a wrong --cv_dir fails fast.

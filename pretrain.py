@@ -16,14 +16,13 @@ from tqdm import tqdm
 
 from models import build_model
 from utils.checkpoint import load_all_weights, load_required, load_weights
-from utils.cli import add_common_args, add_policy_args, apply_defaults, check_args
+from utils.cli import add_common_args, add_policy_args
 from utils.data import build_loaders
 from utils.errors import PatchDropError
 from utils.metrics import PolicyStats, console_lines, prefixed
 from utils.policy import (apply_curriculum, bound_probs, compute_reward, curriculum_learned, downsample,
                           greedy_action, mask_image, reinforce_loss, sample_action)
-from utils.runtime import Run, load_resume, run_summary, seed_everything, select_device
-from utils.spec import get_spec
+from utils.runtime import Run, load_resume, run_summary, setup
 
 STAGE = "pretrain"
 
@@ -84,11 +83,7 @@ def evaluate(agent, resnet_hr, loader, device, *, penalty: float, lr_size: int,
 
 
 def main(args: argparse.Namespace) -> dict:
-    spec = get_spec(args.model)
-    apply_defaults(args, spec, STAGE)
-    check_args(args, spec)
-    seed_everything(args.seed)
-    device = select_device(args.device)
+    spec, device = setup(args, STAGE)
 
     agent = build_model(spec.policy_arch, spec.num_patches)
     resnet_hr = build_model(spec.classifier_arch, spec.num_classes)

@@ -5,7 +5,7 @@ data        datasets, transforms and loaders
 policy      policy, mask and reward functions (pure, batched tensor code)
 checkpoint  the one checkpoint schema: atomic save, safe and validated load
 metrics     per-epoch statistics, console lines, metrics.jsonl and TensorBoard
-runtime     seeds, devices, run directories
+runtime     stage set-up (spec, defaults, checks, seeds, device), run directories
 cli         the flags every stage script shares
 errors      PatchDropError, the error that ends a run with a short message
 

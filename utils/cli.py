@@ -51,6 +51,8 @@ def apply_defaults(args: argparse.Namespace, spec: ModelSpec, stage: str) -> Non
             setattr(args, name, getattr(defaults, name))
     if hasattr(args, "lr_size") and args.lr_size is None:
         args.lr_size = spec.lr_size
+    if hasattr(args, "img_size") and args.img_size is None:  # classifier stage: by --mode
+        args.img_size = spec.hr_size if args.mode == "hr" else spec.lr_size
 
 
 def check_args(args: argparse.Namespace, spec: ModelSpec) -> None:

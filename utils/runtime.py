@@ -1,4 +1,4 @@
-"""Run set-up shared by the stage scripts: seeds, device, run directory."""
+"""Run set-up shared by the stage scripts: spec and flags, seeds, device, run directory."""
 import json
 import random
 from argparse import Namespace
@@ -8,8 +8,20 @@ import numpy as np
 import torch
 
 from .checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
+from .cli import apply_defaults, check_args
 from .errors import PatchDropError
 from .metrics import MetricsLogger, check_finite
+from .spec import ModelSpec, get_spec
+
+
+def setup(args: Namespace, stage: str) -> tuple[ModelSpec, torch.device]:
+    """Common start of every stage: the spec of --model, defaults filled in from it, flags checked,
+    seeds set and the device chosen."""
+    spec = get_spec(args.model)
+    apply_defaults(args, spec, stage)
+    check_args(args, spec)
+    seed_everything(args.seed)
+    return spec, select_device(args.device)
 
 
 def seed_everything(seed: int) -> None:
