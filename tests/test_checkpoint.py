@@ -64,7 +64,7 @@ def test_truncated_and_foreign_files_are_refused(tmp_path):
     with pytest.raises(PatchDropError, match="truncated.pt: not a readable checkpoint"):
         load_checkpoint(tmp_path / "truncated.pt", stages=("classifier_hr",), model="R32_C10")
     (tmp_path / "text.pt").write_text("hello")
-    with pytest.raises(PatchDropError, match="text.pt"):
+    with pytest.raises(PatchDropError, match="text.pt: (refused|not a readable)"):
         load_checkpoint(tmp_path / "text.pt", stages=("classifier_hr",), model="R32_C10")
     torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.pt")
     with pytest.raises(PatchDropError, match="without the PatchDrop checkpoint keys"):
@@ -87,7 +87,7 @@ def test_code_in_a_pickle_is_not_run(tmp_path):
         pickle.dump({"format_version": 1, "payload": RunsCode(marker)}, f)
     torch.save({"format_version": 1, "payload": RunsCode(marker)}, tmp_path / "evil_zip.pt")
     for name in ("evil.pt", "evil_zip.pt"):
-        with pytest.raises(PatchDropError, match=name):
+        with pytest.raises(PatchDropError, match=f"{name}: refused: not a PatchDrop checkpoint"):
             load_checkpoint(tmp_path / name, stages=("classifier_hr",), model="R32_C10")
     assert not marker.exists()
 

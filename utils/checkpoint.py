@@ -94,10 +94,11 @@ def load_checkpoint(path: str | Path, *, stages: tuple[str, ...], model: str,
         with warnings.catch_warnings():  # torch warns about old pickle protocols before refusing them
             warnings.simplefilter("ignore")
             ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        reason = str(err).strip().splitlines()[0]
-        raise PatchDropError(f"{path}: refused to load (not a plain PatchDrop checkpoint; it may contain "
-                             f"code): {reason}") from None
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False, which is exactly what must not be done.
+        raise PatchDropError(f"{path}: refused: not a PatchDrop checkpoint (torch.load with "
+                             f"weights_only=True rejected it; a file that is not a checkpoint, or a "
+                             f"pickle that would run code, which was not run)") from None
     except Exception as err:  # garbage makes the unpickler fail in many ways (KeyError, EOFError, ...)
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise PatchDropError(f"{path}: not a readable checkpoint (truncated or not written by torch.save):"
