@@ -15,6 +15,7 @@ A checkpoint is a plain dict that ``torch.load(weights_only=True)`` can read:
 
 Each run directory holds ``ckpt_last.pt`` (every epoch) and ``ckpt_best.pt`` (best test score).
 """
+import io
 import os
 import pickle
 import warnings
@@ -44,11 +45,13 @@ def unwrap(model: nn.Module) -> nn.Module:
             return model
 
 
-def save_checkpoint(path: Path, *, stage: str, model: str, epoch: int, nets: dict[str, nn.Module],
-                    optimizer=None, scheduler=None, best_score: float | None = None,
-                    metrics: dict | None = None, args: dict | None = None) -> None:
-    """Write a checkpoint atomically: to a temporary file in the same folder, flushed to disk, then
-    renamed over ``path``, so a crash mid-write never leaves a truncated checkpoint behind."""
+def save_checkpoint(paths: Path | list[Path], *, stage: str, model: str, epoch: int,
+                    nets: dict[str, nn.Module], optimizer=None, scheduler=None,
+                    best_score: float | None = None, metrics: dict | None = None,
+                    args: dict | None = None) -> None:
+    """Serialize a checkpoint once and write it atomically to each of ``paths``: to a temporary file
+    in the same folder, flushed to disk, then renamed, so a crash mid-write never leaves a truncated
+    checkpoint behind."""
     assert stage in STAGES and set(nets) <= set(WEIGHT_KEYS), (stage, list(nets))
     payload = {
         "format_version": FORMAT_VERSION, "stage": stage, "model": model, "epoch": epoch,
@@ -57,11 +60,17 @@ def save_checkpoint(path: Path, *, stage: str, model: str, epoch: int, nets: dic
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "best_score": best_score, "metrics": metrics or {}, "args": args or {},
     }
-    path = Path(path)
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    for path in [paths] if isinstance(paths, (str, Path)) else paths:
+        _write_atomically(Path(path), buffer.getbuffer())
+
+
+def _write_atomically(path: Path, data) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(payload, f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

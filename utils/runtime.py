@@ -100,9 +100,8 @@ class Run:
         ckpt = dict(stage=self.stage, model=self.args.model, epoch=epoch, nets=nets,
                     optimizer=optimizer, scheduler=scheduler, best_score=self.best_score,
                     metrics=metrics, args=plain_args(self.args))
-        save_checkpoint(self.cv_dir / LAST, **ckpt)
-        if is_best:
-            save_checkpoint(self.cv_dir / BEST, **ckpt)
+        # Serialized once, written to ckpt_last.pt and, on a new best, to ckpt_best.pt.
+        save_checkpoint([self.cv_dir / LAST] + ([self.cv_dir / BEST] if is_best else []), **ckpt)
         self.last_metrics = metrics
 
     def close(self) -> None:
