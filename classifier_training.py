@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models import build_model
-from utils.checkpoint import load_weights
+from utils.checkpoint import load_pretrained, load_weights
 from utils.cli import add_common_args
 from utils.data import build_loaders
 from utils.errors import PatchDropError
@@ -30,6 +30,11 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="hr: full-resolution images; lr: images downsampled to --img_size")
     parser.add_argument("--img_size", type=int, default=None,
                         help="input side (default: the spec's HR size for hr, LR size for lr)")
+    parser.add_argument("--pretrained", default=None, metavar="PATH",
+                        help="initialize from a torchvision-format state dict, e.g. ImageNet weights "
+                             "(the final layer is replaced when the class count differs)")
+    parser.add_argument("--wd", type=float, default=None,
+                        help="weight decay (default: 5e-4 on CIFAR, 0 on ImageNet and fMoW)")
     add_common_args(parser)
     return parser
 
@@ -73,22 +78,25 @@ def main(args: argparse.Namespace) -> dict:
     if args.img_size <= 0 or spec.hr_size % args.img_size:
         raise PatchDropError(f"--img_size must divide the HR size {spec.hr_size}, got {args.img_size}")
     resume = load_resume(args, stage)
+    model = build_model(spec.classifier_arch, spec.num_classes)
+    notes = []
+    if args.pretrained and not resume:  # on --resume the checkpoint's weights are the newer ones
+        notes.append(load_pretrained(model, args.pretrained))
+    model = model.to(device)
 
     # The run directory is checked before the data loads, so a wrong --cv_dir fails fast.
     run = Run(args, stage, score_key="test_accuracy", resume=resume)
     train_loader, test_loader = build_loaders(spec, args, device)
-
-    model = build_model(spec.classifier_arch, spec.num_classes).to(device)
     defaults = spec.stages[stage]
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=defaults.momentum,
-                                weight_decay=defaults.weight_decay)
+                                weight_decay=defaults.weight_decay if args.wd is None else args.wd)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(defaults.lr_milestones), gamma=0.1)
     if resume:
         load_weights(model, resume, "state_dict")
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
 
-    print("\n".join(run_summary(stage, args, train_loader, test_loader, device, run.start_epoch)))
+    print("\n".join(run_summary(stage, args, train_loader, test_loader, device, run.start_epoch) + notes))
     for epoch in range(run.start_epoch, args.max_epochs):
         metrics = {"epoch": epoch,
                    **prefixed("train", train_one_epoch(model, train_loader, optimizer, device,

@@ -8,10 +8,14 @@ from typing import Callable
 from torch import nn
 
 from .resnet_cifar import resnet8_cifar, resnet32_cifar
+from .resnet_imagenet import resnet10, resnet34, resnet50
 
 ARCHITECTURES: dict[str, Callable[[int], nn.Module]] = {
     "resnet8_cifar": resnet8_cifar,
     "resnet32_cifar": resnet32_cifar,
+    "resnet10": resnet10,
+    "resnet34": resnet34,
+    "resnet50": resnet50,
 }
 
 

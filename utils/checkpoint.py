@@ -89,6 +89,23 @@ def resolve_checkpoint(path: str | Path, default_name: str = BEST) -> Path:
     return path
 
 
+def _safe_load(path: Path):
+    """``torch.load(path, weights_only=True)`` on the CPU, every failure a one-line PatchDropError."""
+    try:
+        with warnings.catch_warnings():  # torch warns about old pickle protocols before refusing them
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        # torch's own message suggests weights_only=False, which is exactly what must not be done.
+        raise PatchDropError(f"{path}: refused: not a PatchDrop checkpoint (torch.load with "
+                             f"weights_only=True rejected it; a file that is not a checkpoint, or a "
+                             f"pickle that would run code, which was not run)") from None
+    except Exception as err:  # garbage makes the unpickler fail in many ways (KeyError, EOFError, ...)
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise PatchDropError(f"{path}: not a readable checkpoint (truncated or not written by torch.save):"
+                             f" {reason}") from None
+
+
 def load_checkpoint(path: str | Path, *, stages: tuple[str, ...], model: str,
                     default_name: str = BEST) -> dict:
     """Load a checkpoint written by save_checkpoint, refusing anything else.
@@ -99,19 +116,7 @@ def load_checkpoint(path: str | Path, *, stages: tuple[str, ...], model: str,
     expected and what was found.
     """
     path = resolve_checkpoint(path, default_name)
-    try:
-        with warnings.catch_warnings():  # torch warns about old pickle protocols before refusing them
-            warnings.simplefilter("ignore")
-            ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        # torch's own message suggests weights_only=False, which is exactly what must not be done.
-        raise PatchDropError(f"{path}: refused: not a PatchDrop checkpoint (torch.load with "
-                             f"weights_only=True rejected it; a file that is not a checkpoint, or a "
-                             f"pickle that would run code, which was not run)") from None
-    except Exception as err:  # garbage makes the unpickler fail in many ways (KeyError, EOFError, ...)
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise PatchDropError(f"{path}: not a readable checkpoint (truncated or not written by torch.save):"
-                             f" {reason}") from None
+    ckpt = _safe_load(path)
     what = f"a {' or '.join(stages)} checkpoint for --model {model}"
     if not isinstance(ckpt, dict) or any(key not in ckpt for key in REQUIRED_KEYS):
         found = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
@@ -173,3 +178,44 @@ def init_policy_and_hr(agent: nn.Module, resnet_hr: nn.Module, *, load: str | No
     else:
         load_weights(resnet_hr, earlier, "resnet_hr")
     return notes
+
+
+def load_pretrained(net: nn.Module, path: str | Path) -> str:
+    """Initialize a classifier from a torchvision-format state dict (``--pretrained``), such as the
+    ImageNet weights file of torchvision's ResNet-34 or ResNet-50, read with ``weights_only=True``.
+
+    A dict holding the state dict under "state_dict" or "model" is accepted too. When the final linear
+    layer has another class count (ImageNet's 1000 against fMoW's 62) it is left freshly initialized,
+    i.e. replaced to fit; every other tensor must be present with the same shape. Returns a note for the
+    user.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PatchDropError(f"--pretrained {path}: no such file; pass a torchvision-format state dict "
+                             f"(for example resnet34-b627a593.pth from torchvision's model zoo)")
+    weights = _safe_load(path)
+    if isinstance(weights, dict) and isinstance(weights.get("state_dict", weights.get("model")), dict):
+        weights = weights.get("state_dict", weights.get("model"))
+    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
+        raise PatchDropError(f"--pretrained {path}: expected a state dict (parameter name -> tensor), "
+                             f"found {type(weights).__name__}")
+    net = unwrap(net)
+    own = net.state_dict()
+    head = [name for name, module in net.named_modules() if isinstance(module, nn.Linear)][-1]
+    head_keys = {f"{head}.weight", f"{head}.bias"}
+    replaced = {k for k in head_keys if k in weights and k in own and weights[k].shape != own[k].shape}
+    missing = sorted(k for k in own if k not in weights)
+    unexpected = sorted(k for k in weights if k not in own)
+    wrong = sorted(k for k in own if k in weights and k not in replaced and weights[k].shape != own[k].shape)
+    if missing or unexpected or wrong:
+        details = "; ".join(f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
+                            for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                                ("other shape", wrong)) if keys)
+        raise PatchDropError(f"--pretrained {path}: does not fit the {type(net).__name__} of this "
+                             f"--model ({details}); pass weights of the same architecture")
+    net.load_state_dict({k: v for k, v in weights.items() if k not in replaced}, strict=False)
+    note = f"initialized from --pretrained {path}"
+    if replaced:
+        old, new = weights[f"{head}.weight"].shape[0], own[f"{head}.weight"].shape[0]
+        note += f"; final layer '{head}' replaced ({old} -> {new} outputs, random init)"
+    return note

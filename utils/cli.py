@@ -13,7 +13,8 @@ from .spec import ModelSpec
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     """The flags of all four scripts. A default of None means: from the spec table for --model."""
     add = parser.add_argument
-    add("--model", default="R32_C10", help="dataset and architecture: R32_C10, R32_C100")
+    add("--model", default="R32_C10", help="dataset and architecture: R32_C10, R32_C100, R50_ImgNet, "
+                                           "R34_fMoW")
     add("--data_dir", default="data/", help="dataset root (see data/README.md)")
     add("--cv_dir", default="cv/tmp/", help="run directory: checkpoints, metrics, TensorBoard logs")
     add("--lr", type=float, default=None, help="learning rate (default: the paper's, per stage)")
@@ -37,10 +38,10 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 def add_policy_args(parser: argparse.ArgumentParser) -> None:
     """The flags of the three policy stages."""
     add = parser.add_argument
-    add("--penalty", type=float, default=None, help="reward of a wrong prediction, < 0 "
-                                                    "(default: -0.5 pretrain, -10 finetune on CIFAR)")
+    add("--penalty", type=float, default=None, help="reward of a wrong prediction, < 0 (default: "
+                                                    "-0.5 pretrain; finetune -10 CIFAR, -20 ImageNet/fMoW)")
     add("--alpha", type=float, default=None, help="exploration bound of the policy, in (0.5, 1] (0.8)")
-    add("--lr_size", type=int, default=None, help="side of the LR image (default: the spec's, 8 on CIFAR)")
+    add("--lr_size", type=int, default=None, help="side of the LR image (default: 8 on CIFAR, 56 on ImageNet/fMoW)")
 
 
 def apply_defaults(args: argparse.Namespace, spec: ModelSpec, stage: str) -> None:

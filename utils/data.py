@@ -1,15 +1,22 @@
 """Datasets, transforms and loaders (method.md, "Inputs").
 
-CIFAR is read from one of two layouts under ``--data_dir``:
-  * image folders ``<data_dir>/CIFAR10/{train,test}/<class>/<image>`` (``CIFAR100`` likewise), class
-    folders in label order when sorted by name (true for CIFAR-10);
-  * torchvision's own files (``<data_dir>/cifar-10-batches-py``, ``<data_dir>/cifar-100-python``),
-    downloaded there when missing unless ``download=False``, as the authors' code did.
-``fake_data=True`` serves random images of the right shape instead, for smoke runs.
+Each ``--model``'s dataset is read from ``--data_dir``:
+  * CIFAR-10/100: image folders ``<data_dir>/CIFAR10/{train,test}/<class>/<image>`` (``CIFAR100``
+    likewise), class folders in label order when sorted by name (true for CIFAR-10); or torchvision's
+    own files (``<data_dir>/cifar-10-batches-py``, ``<data_dir>/cifar-100-python``), downloaded there
+    when missing unless ``download=False``, as the authors' code did;
+  * ImageNet: image folders ``<data_dir>/ImageNet/{train,test}/<wnid>/<image>`` (the authors' layout);
+  * fMoW: ``<data_dir>/fMoW/train.csv`` and ``test.csv``, rows ``label,location`` (see ``read_image_csv``),
+    as written by ``python -m utils.fmow``.
+Every image file is decoded by ``load_rgb`` (grayscale, CMYK, palette and alpha images become RGB; a file
+that cannot be decoded is an error naming it). ``fake_data=True`` serves random images of the right
+shape instead, for smoke runs.
 """
+import csv
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets, transforms
 
@@ -23,22 +30,51 @@ FAKE_SIZES = {"train": 512, "test": 256}
 TORCHVISION_CLASSES = {"CIFAR10": datasets.CIFAR10, "CIFAR100": datasets.CIFAR100}
 
 
+def load_rgb(path: str | Path) -> Image.Image:
+    """Decode an image file as 3-channel RGB; an unreadable or corrupt file raises a PatchDropError
+    that names it."""
+    try:
+        with Image.open(path) as image:
+            if image.mode == "P" and "transparency" in image.info:
+                image = image.convert("RGBA")  # palette transparency goes through RGBA, as PIL advises
+            return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+        raise PatchDropError(f"cannot read image {path}: {err}; remove or replace the file") from None
+
+
 def build_transform(spec: ModelSpec, train: bool) -> transforms.Compose:
-    """CIFAR: RandomCrop(32, padding=4) + horizontal flip for training, nothing for testing; then
-    ToTensor and the dataset's normalization."""
-    steps = []
-    if train:
-        steps += [transforms.RandomCrop(spec.hr_size, padding=4), transforms.RandomHorizontalFlip()]
+    """The transforms of method.md, then ToTensor and the dataset's normalization:
+    CIFAR      train RandomCrop(32, padding=4) + horizontal flip; test nothing;
+    ImageNet   train Resize(256) + RandomCrop(224) + horizontal flip; test Resize(256) + CenterCrop(224);
+    fMoW       train Resize(224) + RandomCrop(224), no flip; test Resize(224) + CenterCrop(224)."""
+    size = spec.hr_size
+    if spec.dataset in TORCHVISION_CLASSES:
+        steps = [transforms.RandomCrop(size, padding=4), transforms.RandomHorizontalFlip()] if train else []
+    elif spec.dataset == "ImageNet":
+        steps = [transforms.Resize(256)]
+        steps += [transforms.RandomCrop(size), transforms.RandomHorizontalFlip()] if train else \
+                 [transforms.CenterCrop(size)]
+    elif spec.dataset == "fMoW":
+        steps = [transforms.Resize(size), transforms.RandomCrop(size) if train else transforms.CenterCrop(size)]
+    else:
+        raise ValueError(f"no transforms for dataset {spec.dataset!r}")
     steps += [transforms.ToTensor(), transforms.Normalize(spec.mean, spec.std)]
     return transforms.Compose(steps)
 
 
 def _layout_help(spec: ModelSpec, data_dir: Path) -> str:
-    tv_folder = datasets.CIFAR10.base_folder if spec.dataset == "CIFAR10" else datasets.CIFAR100.base_folder
-    return (f"expected image folders {data_dir / spec.dataset}/train/<class>/* and "
-            f"{data_dir / spec.dataset}/test/<class>/*, or torchvision's {spec.dataset} files in "
-            f"{data_dir / tv_folder} (downloaded there automatically unless --no_download); "
-            f"see data/README.md, or pass --fake_data for a smoke run")
+    root = data_dir / spec.dataset
+    if spec.dataset == "fMoW":
+        expected = (f"expected {root}/train.csv and {root}/test.csv (rows: label,location), written by "
+                    f"'python -m utils.fmow --src <fMoW-rgb> --dst {root}'")
+    elif spec.dataset == "ImageNet":
+        expected = f"expected image folders {root}/train/<wnid>/* and {root}/test/<wnid>/*"
+    else:
+        tv_folder = TORCHVISION_CLASSES[spec.dataset].base_folder
+        expected = (f"expected image folders {root}/train/<class>/* and {root}/test/<class>/*, or "
+                    f"torchvision's {spec.dataset} files in {data_dir / tv_folder} (downloaded there "
+                    f"automatically unless --no_download)")
+    return f"{expected}; see data/README.md, or pass --fake_data for a smoke run"
 
 
 def _image_folders(spec: ModelSpec, root: Path, transform_train, transform_test) -> tuple[Dataset, Dataset]:
@@ -49,7 +85,7 @@ def _image_folders(spec: ModelSpec, root: Path, transform_train, transform_test)
             raise PatchDropError(f"{root} has no '{split}' folder: expected {root}/train/<class>/* and "
                                  f"{root}/test/<class>/*")
         try:
-            splits[split] = datasets.ImageFolder(str(folder), transform=transform)
+            splits[split] = datasets.ImageFolder(str(folder), transform=transform, loader=load_rgb)
         except (FileNotFoundError, RuntimeError) as err:
             # ImageFolder raises when a folder has no classes or a class folder has no images.
             raise PatchDropError(f"{folder}: {str(err).strip().splitlines()[0]}") from None
@@ -76,6 +112,63 @@ def _torchvision(spec: ModelSpec, data_dir: Path, download: bool, transform_trai
                              f"{_layout_help(spec, data_dir)}") from None
 
 
+def read_image_csv(csv_path: Path, num_classes: int) -> list[tuple[str, int]]:
+    """The (image path, label) rows of an fMoW-style CSV: two columns, the integer label in
+    [0, num_classes) and then the image location, absolute or relative to the CSV's folder; further
+    columns are ignored. A first row whose label cell is not a number is a header. Any other bad row (a
+    missing column, a label that is not an integer or is out of range, an image that does not exist)
+    raises a PatchDropError naming the file and line."""
+    samples = []
+    with open(csv_path, newline="") as handle:
+        for line_no, row in enumerate(csv.reader(handle), start=1):
+            if not row or not "".join(row).strip():
+                continue  # blank line
+            where = f"{csv_path}, line {line_no}"
+            if len(row) < 2 or not row[1].strip():
+                raise PatchDropError(f"{where}: expected two columns 'label,location', got {row!r}")
+            label_text, location = row[0].strip(), row[1].strip()
+            try:
+                label = int(label_text)
+            except ValueError:
+                if line_no == 1 and not samples:
+                    continue  # header row
+                raise PatchDropError(f"{where}: the label {label_text!r} is not an integer") from None
+            if not 0 <= label < num_classes:
+                raise PatchDropError(f"{where}: label {label} is outside 0..{num_classes - 1}")
+            path = Path(location) if Path(location).is_absolute() else csv_path.parent / location
+            if not path.is_file():
+                raise PatchDropError(f"{where}: image {path} does not exist")
+            samples.append((str(path), label))
+    if not samples:
+        raise PatchDropError(f"{csv_path} lists no images")
+    return samples
+
+
+class CsvImageDataset(Dataset):
+    """Images listed in a ``label,location`` CSV (fMoW), decoded by ``load_rgb``."""
+
+    def __init__(self, csv_path: str | Path, num_classes: int, transform=None):
+        self.samples = read_image_csv(Path(csv_path), num_classes)
+        self.targets = [label for _, label in self.samples]
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        image = load_rgb(path)
+        return (self.transform(image) if self.transform else image), label
+
+
+def _csv_splits(spec: ModelSpec, root: Path, transform_train, transform_test) -> tuple[Dataset, Dataset]:
+    missing = [name for name in ("train.csv", "test.csv") if not (root / name).is_file()]
+    if missing:
+        raise PatchDropError(f"{root} has no {' or '.join(missing)}: {_layout_help(spec, root.parent)}")
+    return (CsvImageDataset(root / "train.csv", spec.num_classes, transform_train),
+            CsvImageDataset(root / "test.csv", spec.num_classes, transform_test))
+
+
 def take_subset(dataset: Dataset, num_samples: int | None) -> Dataset:
     """A fixed random subset of ``num_samples`` items (the whole dataset if it has no more)."""
     if num_samples is None or num_samples >= len(dataset):
@@ -99,10 +192,14 @@ def build_datasets(spec: ModelSpec, data_dir: str | Path, *, download: bool = Tr
                                  transform_test, random_offset=10**6)
         return train, test
     folder = data_dir / spec.dataset
-    if folder.is_dir():
+    if spec.dataset == "fMoW":
+        train, test = _csv_splits(spec, folder, transform_train, transform_test)
+    elif folder.is_dir():
         train, test = _image_folders(spec, folder, transform_train, transform_test)
-    else:
+    elif spec.dataset in TORCHVISION_CLASSES:
         train, test = _torchvision(spec, data_dir, download, transform_train, transform_test)
+    else:
+        raise PatchDropError(f"no {spec.dataset} data under {data_dir}: {_layout_help(spec, data_dir)}")
     return take_subset(train, train_samples), take_subset(test, test_samples)
 
 

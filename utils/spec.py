@@ -13,6 +13,9 @@ STAGES = ("classifier_hr", "classifier_lr", "pretrain", "finetune", "finetune2st
 # Normalization of method.md for CIFAR (per-channel mean and std of the training pixels).
 CIFAR_MEAN = (125.3 / 255, 123.0 / 255, 113.9 / 255)
 CIFAR_STD = (63.0 / 255, 62.1 / 255, 66.7 / 255)
+# ImageNet and fMoW use the ImageNet statistics (those of torchvision's pretrained weights).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -73,11 +76,35 @@ def _cifar(name: str, dataset: str, num_classes: int) -> ModelSpec:
     )
 
 
+# ImageNet and fMoW (224 px, 56 px patches and LR images): the classifiers are trained with SGD lr 1e-3,
+# momentum 0.9, batch 128 and no weight decay (the authors' script's --wd default; their README's
+# commands pass none), on the same MultiStepLR(150, 250) schedule their script used for every dataset.
+# The finetune stages default to penalty -20 (the authors' README).
+_LARGE_STAGES = {
+    "classifier_hr": StageDefaults(1e-3, 128, 300, lr_milestones=(150, 250)),
+    "classifier_lr": StageDefaults(1e-3, 128, 300, lr_milestones=(150, 250)),
+    "pretrain": StageDefaults(1e-4, 1024, 300, penalty=-0.5, alpha=0.8),
+    "finetune": StageDefaults(1e-4, 128, 200, penalty=-20.0, alpha=0.8),
+    "finetune2stream": StageDefaults(1e-4, 128, 200, penalty=-20.0, alpha=0.8),
+}
+
+
+def _large(name: str, dataset: str, num_classes: int, classifier_arch: str) -> ModelSpec:
+    return ModelSpec(
+        name=name, dataset=dataset, num_classes=num_classes,
+        hr_size=224, patch_size=56, lr_size=56,
+        classifier_arch=classifier_arch, policy_arch="resnet10",
+        mean=IMAGENET_MEAN, std=IMAGENET_STD, stages=_LARGE_STAGES,
+    )
+
+
 SPECS: dict[str, ModelSpec] = {
     spec.name: spec
     for spec in (
         _cifar("R32_C10", "CIFAR10", 10),
         _cifar("R32_C100", "CIFAR100", 100),
+        _large("R50_ImgNet", "ImageNet", 1000, "resnet50"),
+        _large("R34_fMoW", "fMoW", 62, "resnet34"),
     )
 }
 
