@@ -8,7 +8,6 @@ TensorBoard logs under log/, args.json.
     python classifier_training.py --model R32_C10 --lr 1e-1 --cv_dir cv/c10_hr --batch_size 128 --img_size 32 --mode hr
 """
 import argparse
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +20,7 @@ from utils.data import build_loaders
 from utils.errors import PatchDropError
 from utils.metrics import ClassifierStats, console_lines, prefixed
 from utils.policy import downsample
-from utils.runtime import Run, load_resume, run_summary, setup
+from utils.runtime import Run, load_resume, run_cli, run_summary, setup
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -87,6 +86,7 @@ def main(args: argparse.Namespace) -> dict:
     # The run directory is checked before the data loads, so a wrong --cv_dir fails fast.
     run = Run(args, stage, score_key="test_accuracy", resume=resume)
     train_loader, test_loader = build_loaders(spec, args, device)
+    rng_notes = run.attach(train_loader)
     defaults = spec.stages[stage]
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=defaults.momentum,
                                 weight_decay=defaults.weight_decay if args.wd is None else args.wd)
@@ -96,7 +96,8 @@ def main(args: argparse.Namespace) -> dict:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
 
-    print("\n".join(run_summary(stage, args, train_loader, test_loader, device, run.start_epoch) + notes))
+    print("\n".join(run_summary(stage, args, train_loader, test_loader, device, run.start_epoch)
+                     + notes + rng_notes))
     for epoch in range(run.start_epoch, args.max_epochs):
         metrics = {"epoch": epoch,
                    **prefixed("train", train_one_epoch(model, train_loader, optimizer, device,
@@ -111,7 +112,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except PatchDropError as err:
-        sys.exit(f"error: {err}")
+    run_cli(main, get_args_parser())

@@ -9,7 +9,6 @@ metrics.jsonl, TensorBoard logs under log/, args.json.
     python pretrain.py --model R32_C10 --lr 1e-4 --cv_dir cv/c10_pt --batch_size 1024 --penalty -0.5 --ckpt_hr_cl cv/c10_hr
 """
 import argparse
-import sys
 
 import torch
 from tqdm import tqdm
@@ -18,11 +17,10 @@ from models import build_model
 from utils.checkpoint import load_all_weights, load_required, load_weights
 from utils.cli import add_common_args, add_policy_args
 from utils.data import build_loaders
-from utils.errors import PatchDropError
 from utils.metrics import PolicyStats, console_lines, prefixed
 from utils.policy import (apply_curriculum, bound_probs, compute_reward, curriculum_learned, downsample,
                           greedy_action, mask_image, reinforce_loss, sample_action)
-from utils.runtime import Run, load_resume, run_summary, setup
+from utils.runtime import Run, load_resume, run_cli, run_summary, setup
 
 STAGE = "pretrain"
 
@@ -61,7 +59,8 @@ def train_one_epoch(agent, resnet_hr, loader, optimizer, device, *, penalty: flo
         loss.backward()
         optimizer.step()
         # As in the authors' code: greedy accuracy, sampled reward/S/V/#, greedy reward as baseline.
-        stats.update(correct_greedy, reward_sampled, sampled, baseline_reward=reward_greedy)
+        stats.update(correct_greedy, reward_sampled, sampled, baseline_reward=reward_greedy,
+                     loss=loss)
     return stats.compute()
 
 
@@ -102,8 +101,10 @@ def main(args: argparse.Namespace) -> dict:
     # The run directory is checked before the data loads, so a wrong --cv_dir fails fast.
     run = Run(args, STAGE, score_key="test_reward", resume=resume)
     train_loader, test_loader = build_loaders(spec, args, device)
+    rng_notes = run.attach(train_loader)
 
-    print("\n".join(run_summary(STAGE, args, train_loader, test_loader, device, run.start_epoch)))
+    print("\n".join(run_summary(STAGE, args, train_loader, test_loader, device, run.start_epoch)
+                     + rng_notes))
     policy_args = dict(penalty=args.penalty, lr_size=args.lr_size)
     for epoch in range(run.start_epoch, args.max_epochs):
         learned = None
@@ -122,7 +123,4 @@ def main(args: argparse.Namespace) -> dict:
 
 
 if __name__ == "__main__":
-    try:
-        main(get_args_parser().parse_args())
-    except PatchDropError as err:
-        sys.exit(f"error: {err}")
+    run_cli(main, get_args_parser())

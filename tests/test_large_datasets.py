@@ -12,7 +12,7 @@ from torchvision.models import resnet18, resnet34, resnet50
 
 import classifier_training
 from tests.test_stages import check_chain_outputs, chain, ckpt, run
-from tests.trees import FMOW_IMAGES, IMAGENET_CLASSES, make_fmow_tree, make_imagenet_tree
+from tests.trees import IMAGENET_CLASSES, make_fmow_tree, make_imagenet_tree
 from utils import fmow
 from utils.checkpoint import load_pretrained
 from utils.data import build_datasets, build_transform, load_rgb, read_image_csv

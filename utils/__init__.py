@@ -4,9 +4,11 @@ spec        the per-dataset table keyed by --model (sizes, classes, architecture
 data        datasets, transforms and loaders
 policy      policy, mask and reward functions (pure, batched tensor code)
 checkpoint  the one checkpoint schema: atomic save, safe and validated load
+files       crash-safe writes (temporary file, flush, rename)
 metrics     per-epoch statistics, console lines, metrics.jsonl and TensorBoard
 runtime     stage set-up (spec, defaults, checks, seeds, device), run directories
 cli         the flags every stage script shares
+fmow        the fMoW preprocessing command (python -m utils.fmow)
 errors      PatchDropError, the error that ends a run with a short message
 
 Nothing in utils/ parses the command line or prints: it returns values and raises PatchDropError.

@@ -12,11 +12,12 @@ A checkpoint is a plain dict that ``torch.load(weights_only=True)`` can read:
     best_score      best test accuracy (classifiers) or test reward (policy stages) so far
     metrics         the epoch's metrics dict
     args            the run's arguments as a plain dict
+    rng             the state of every random generator at the end of the epoch (runtime.capture_rng),
+                    so --resume continues bit-for-bit; None in checkpoints written outside a run
 
 Each run directory holds ``ckpt_last.pt`` (every epoch) and ``ckpt_best.pt`` (best test score).
 """
 import io
-import os
 import pickle
 import warnings
 from pathlib import Path
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from .errors import PatchDropError
+from .files import write_atomically
 from .spec import STAGES
 
 FORMAT_VERSION = 1
@@ -48,7 +50,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 def save_checkpoint(paths: Path | list[Path], *, stage: str, model: str, epoch: int,
                     nets: dict[str, nn.Module], optimizer=None, scheduler=None,
                     best_score: float | None = None, metrics: dict | None = None,
-                    args: dict | None = None) -> None:
+                    args: dict | None = None, rng: dict | None = None) -> None:
     """Serialize a checkpoint once and write it atomically to each of ``paths``: to a temporary file
     in the same folder, flushed to disk, then renamed, so a crash mid-write never leaves a truncated
     checkpoint behind."""
@@ -58,24 +60,12 @@ def save_checkpoint(paths: Path | list[Path], *, stage: str, model: str, epoch: 
         **{key: unwrap(net).state_dict() for key, net in nets.items()},
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "best_score": best_score, "metrics": metrics or {}, "args": args or {},
+        "best_score": best_score, "metrics": metrics or {}, "args": args or {}, "rng": rng,
     }
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     for path in [paths] if isinstance(paths, (str, Path)) else paths:
-        _write_atomically(Path(path), buffer.getbuffer())
-
-
-def _write_atomically(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+        write_atomically(path, buffer.getbuffer())
 
 
 def resolve_checkpoint(path: str | Path, default_name: str = BEST) -> Path:

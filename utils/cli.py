@@ -41,7 +41,8 @@ def add_policy_args(parser: argparse.ArgumentParser) -> None:
     add("--penalty", type=float, default=None, help="reward of a wrong prediction, < 0 (default: "
                                                     "-0.5 pretrain; finetune -10 CIFAR, -20 ImageNet/fMoW)")
     add("--alpha", type=float, default=None, help="exploration bound of the policy, in (0.5, 1] (0.8)")
-    add("--lr_size", type=int, default=None, help="side of the LR image (default: 8 on CIFAR, 56 on ImageNet/fMoW)")
+    add("--lr_size", type=int, default=None,
+        help="side of the LR image (default: 8 on CIFAR, 56 on ImageNet/fMoW)")
 
 
 def apply_defaults(args: argparse.Namespace, spec: ModelSpec, stage: str) -> None:

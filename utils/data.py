@@ -55,7 +55,8 @@ def build_transform(spec: ModelSpec, train: bool) -> transforms.Compose:
         steps += [transforms.RandomCrop(size), transforms.RandomHorizontalFlip()] if train else \
                  [transforms.CenterCrop(size)]
     elif spec.dataset == "fMoW":
-        steps = [transforms.Resize(size), transforms.RandomCrop(size) if train else transforms.CenterCrop(size)]
+        crop = transforms.RandomCrop(size) if train else transforms.CenterCrop(size)
+        steps = [transforms.Resize(size), crop]
     else:
         raise ValueError(f"no transforms for dataset {spec.dataset!r}")
     steps += [transforms.ToTensor(), transforms.Normalize(spec.mean, spec.std)]

@@ -10,7 +10,28 @@ from pathlib import Path
 
 import torch
 
+from .files import write_atomically
 from .policy import action_codes
+
+
+class LossWatch:
+    """Remembers, on the device, the first training step whose loss was NaN or infinite, so a faulty
+    step is found without a host synchronization per step; read once per epoch."""
+
+    def __init__(self):
+        self.step, self.first_bad = 0, None
+
+    def update(self, loss: torch.Tensor) -> None:
+        bad = ~torch.isfinite(loss.detach())
+        if self.first_bad is None:
+            self.first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
+        self.first_bad = torch.where(bad & (self.first_bad < 0), self.step, self.first_bad)
+        self.step += 1
+
+    def compute(self) -> dict[str, int]:
+        """{"nonfinite_step": k} when step k (0-based, within the epoch) was the first bad one."""
+        first = -1 if self.first_bad is None else int(self.first_bad)
+        return {"nonfinite_step": first} if first >= 0 else {}
 
 
 class ClassifierStats:
@@ -18,6 +39,7 @@ class ClassifierStats:
 
     def __init__(self):
         self.correct, self.loss_sum, self.count = 0.0, 0.0, 0
+        self.watch = LossWatch()
 
     def update(self, logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
         batch = targets.shape[0]
@@ -25,10 +47,12 @@ class ClassifierStats:
         self.correct = self.correct + (logits.argmax(1) == targets).sum()
         self.loss_sum = self.loss_sum + loss.detach() * batch
         self.count += batch
+        self.watch.update(loss)
 
     def compute(self) -> dict[str, float]:
         n = max(self.count, 1)
-        return {"accuracy": float(self.correct) / n, "loss": float(self.loss_sum) / n}
+        return {"accuracy": float(self.correct) / n, "loss": float(self.loss_sum) / n,
+                **self.watch.compute()}
 
 
 class PolicyStats:
@@ -38,10 +62,14 @@ class PolicyStats:
 
     def __init__(self):
         self.correct, self.reward, self.kept, self.codes, self.baseline = [], [], [], [], []
+        self.watch = LossWatch()
 
     def update(self, correct: torch.Tensor, reward: torch.Tensor, action: torch.Tensor,
-               baseline_reward: torch.Tensor | None = None) -> None:
-        """correct [B] of the reported accuracy, reward [B] and action [B, P] of the reported policy."""
+               baseline_reward: torch.Tensor | None = None, loss: torch.Tensor | None = None) -> None:
+        """correct [B] of the reported accuracy, reward [B] and action [B, P] of the reported policy;
+        in training also the greedy baseline's reward and the step's loss (watched for NaN/inf)."""
+        if loss is not None:
+            self.watch.update(loss)
         self.correct.append(correct.detach().float())
         self.reward.append(reward.detach().float())
         self.kept.append(action.detach().float().sum(dim=1))
@@ -61,7 +89,8 @@ class PolicyStats:
         }
         if self.baseline:
             stats["baseline_reward"] = torch.cat(self.baseline).mean()
-        return {k: float(v) if torch.is_tensor(v) else v for k, v in stats.items()}
+        stats = {k: float(v) if torch.is_tensor(v) else v for k, v in stats.items()}
+        return {**stats, **self.watch.compute()}
 
 
 def prefixed(split: str, stats: dict[str, float]) -> dict[str, float]:
@@ -93,10 +122,14 @@ def check_finite(metrics: dict) -> list[str]:
 
 
 class MetricsLogger:
-    """Appends each epoch's metrics to ``<cv_dir>/metrics.jsonl`` and to TensorBoard under ``<cv_dir>/log``."""
+    """Adds each epoch's metrics to ``<cv_dir>/metrics.jsonl`` and to TensorBoard under ``<cv_dir>/log``.
+
+    metrics.jsonl is rewritten whole through a temporary file and a rename at every epoch (it is small),
+    so a crash or a full disk never leaves a half-written line in it."""
 
     def __init__(self, cv_dir: Path, resume_epoch: int | None = None):
         self.path = Path(cv_dir) / "metrics.jsonl"
+        self.lines: list[str] = []
         if resume_epoch is not None:
             self._truncate_after(resume_epoch)
         elif self.path.exists():
@@ -111,13 +144,13 @@ class MetricsLogger:
         would otherwise leave a line for an epoch that is about to run again."""
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line)["epoch"] <= epoch]
-        self.path.write_text("".join(line + "\n" for line in kept))
+        self.lines = [line for line in self.path.read_text().splitlines()
+                      if line.strip() and json.loads(line)["epoch"] <= epoch]
+        write_atomically(self.path, "".join(line + "\n" for line in self.lines).encode())
 
     def log(self, metrics: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(metrics) + "\n")
+        self.lines.append(json.dumps(metrics))
+        write_atomically(self.path, "".join(line + "\n" for line in self.lines).encode())
         for key, value in metrics.items():
             if key != "epoch":
                 self.writer.add_scalar(key, value, metrics["epoch"])

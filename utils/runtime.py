@@ -1,15 +1,19 @@
-"""Run set-up shared by the stage scripts: spec and flags, seeds, device, run directory."""
+"""Run set-up shared by the stage scripts: spec and flags, seeds, device, run directory, the state of
+every random number generator, and the command-line entry point."""
+import argparse
 import json
 import random
+import sys
 from argparse import Namespace
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from .checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from .cli import apply_defaults, check_args
-from .errors import PatchDropError
+from .errors import PatchDropError, error_line
 from .metrics import MetricsLogger, check_finite
 from .spec import ModelSpec, get_spec
 
@@ -29,6 +33,35 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def capture_rng(data_generator: torch.Generator | None) -> dict:
+    """The state of every generator a run draws from: Python, NumPy, torch (CPU and CUDA) and the
+    training loader's own generator (data order and worker seeds). Plain types and tensors only, so a
+    checkpoint holding it loads with ``weights_only=True``."""
+    bit_generator, keys, pos, has_gauss, cached = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": {"bit_generator": bit_generator, "keys": torch.from_numpy(keys.astype(np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "data": data_generator.get_state() if data_generator is not None else None,
+    }
+
+
+def restore_rng(state: dict, data_generator: torch.Generator | None) -> None:
+    """Put every generator back where ``capture_rng`` found it."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy = state["numpy"]
+    np.random.set_state((numpy["bit_generator"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
+                         numpy["has_gauss"], numpy["cached_gaussian"]))
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    if state["data"] is not None and data_generator is not None:
+        data_generator.set_state(state["data"])
 
 
 def select_device(name: str) -> torch.device:
@@ -75,10 +108,25 @@ class Run:
         self.args, self.stage, self.score_key = args, stage, score_key
         self.cv_dir = prepare_run_dir(args.cv_dir, args, resuming=resume is not None,
                                       overwrite=args.overwrite)
+        self.resume = resume
         self.start_epoch = resume["epoch"] + 1 if resume else 0
         self.best_score = resume["best_score"] if resume else None
         self.last_metrics = resume["metrics"] if resume else {}
         self.logger = MetricsLogger(self.cv_dir, resume_epoch=resume["epoch"] if resume else None)
+        self.data_generator = None
+
+    def attach(self, train_loader) -> list[str]:
+        """Follow ``train_loader``'s generator (data order), whose state each checkpoint stores with
+        the other generators'; on --resume, put them all back where the checkpoint's epoch left them, so
+        the run continues as if it had never stopped. Returns notes for the user."""
+        self.data_generator = train_loader.generator
+        if not self.resume:
+            return []
+        if self.resume.get("rng") is None:
+            return [f"note: {self.resume['path']} holds no random-generator state; the resumed run "
+                    f"continues correctly but not bit-for-bit like an uninterrupted one"]
+        restore_rng(self.resume["rng"], self.data_generator)
+        return []
 
     def is_test_epoch(self, epoch: int) -> bool:
         """Test every --test_interval epochs from epoch 0 on, and always after the last epoch."""
@@ -88,10 +136,16 @@ class Run:
         """Log ``metrics`` (with "epoch") and checkpoint ``nets``; a non-finite metric stops the run
         before anything is written, so the last checkpoint stays the last good one."""
         epoch = metrics["epoch"]
+        kept = (f"stopped; {self.cv_dir / LAST} holds the last good epoch ({epoch - 1})" if epoch > 0
+                else "stopped before the first checkpoint")
+        for split in ("train", "test"):
+            step = metrics.pop(f"{split}_nonfinite_step", None)
+            if step is not None:
+                raise PatchDropError(f"epoch {epoch}, {split} step {step}: the loss is NaN or infinite; "
+                                     f"{kept} (lower --lr?)")
         bad = check_finite(metrics)
         if bad:
-            raise PatchDropError(f"epoch {epoch}: non-finite {', '.join(bad)}; stopped, "
-                                 f"{self.cv_dir / LAST} holds the last good epoch (lower --lr?)")
+            raise PatchDropError(f"epoch {epoch}: non-finite {', '.join(bad)}; {kept} (lower --lr?)")
         self.logger.log(metrics)
         score = metrics.get(self.score_key)
         is_best = score is not None and (self.best_score is None or score > self.best_score)
@@ -99,7 +153,7 @@ class Run:
             self.best_score = score
         ckpt = dict(stage=self.stage, model=self.args.model, epoch=epoch, nets=nets,
                     optimizer=optimizer, scheduler=scheduler, best_score=self.best_score,
-                    metrics=metrics, args=plain_args(self.args))
+                    metrics=metrics, args=plain_args(self.args), rng=capture_rng(self.data_generator))
         # Serialized once, written to ckpt_last.pt and, on a new best, to ckpt_best.pt.
         save_checkpoint([self.cv_dir / LAST] + ([self.cv_dir / BEST] if is_best else []), **ckpt)
         self.last_metrics = metrics
@@ -132,3 +186,18 @@ def run_summary(stage: str, args: Namespace, train_loader, test_loader, device: 
         if requested is not None and requested > found:
             lines.append(f"note: {flag} {requested} is more than the split's {found} images; using all")
     return lines
+
+
+def run_cli(main: Callable[[Namespace], dict], parser: argparse.ArgumentParser) -> None:
+    """Entry point of a stage script: parse the command line and run ``main``. Bad input, an unwritable
+    disk or Ctrl-C end in one line on stderr and a non-zero exit, never a traceback."""
+    args = parser.parse_args()
+    try:
+        main(args)
+    except PatchDropError as err:
+        sys.exit(f"error: {error_line(err)}")
+    except OSError as err:  # e.g. --cv_dir on a read-only or full disk
+        sys.exit(f"error: {err}")
+    except KeyboardInterrupt:
+        sys.exit(f"interrupted: {Path(args.cv_dir) / LAST} holds the last finished epoch; continue "
+                 f"with --resume")
