@@ -14,6 +14,7 @@ import torch
 from .checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from .cli import apply_defaults, check_args
 from .errors import PatchDropError, error_line
+from .files import write_atomically
 from .metrics import MetricsLogger, check_finite
 from .spec import ModelSpec, get_spec
 
@@ -95,7 +96,9 @@ def prepare_run_dir(cv_dir: str | Path, args: Namespace, *, resuming: bool, over
         for old in [cv_dir / LAST, cv_dir / BEST, *cv_dir.glob("log/events.out.tfevents.*")]:
             old.unlink(missing_ok=True)
     cv_dir.mkdir(parents=True, exist_ok=True)
-    (cv_dir / "args.json").write_text(json.dumps(plain_args(args), indent=2) + "\n")
+    for stale in cv_dir.glob(".*.tmp*"):  # a temporary file of a killed write: never read, drop it
+        stale.unlink(missing_ok=True)
+    write_atomically(cv_dir / "args.json", (json.dumps(plain_args(args), indent=2) + "\n").encode())
     return cv_dir
 
 
