@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models import build_model
+from utils.accel import Accel
 from utils.checkpoint import load_pretrained, load_weights
 from utils.cli import add_common_args
 from utils.data import build_loaders
@@ -43,27 +44,35 @@ def prepare_inputs(inputs: torch.Tensor, img_size: int) -> torch.Tensor:
     return inputs if inputs.shape[-1] == img_size else downsample(inputs, img_size)
 
 
-def train_one_epoch(model, loader, optimizer, device, *, img_size: int) -> dict:
+def train_step(model, inputs, targets, optimizer, accel: Accel, *, img_size: int):
+    """One SGD step on a batch already on the device; returns the logits and the loss (float32)."""
+    with accel.autocast():
+        logits = model(prepare_inputs(inputs, img_size)).float()
+    loss = F.cross_entropy(logits, targets)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return logits.detach(), loss
+
+
+def train_one_epoch(model, loader, optimizer, accel: Accel, *, img_size: int) -> dict:
     model.train()
     stats = ClassifierStats()
     for inputs, targets in tqdm(loader, desc="train", leave=False, disable=None):
-        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        logits = model(prepare_inputs(inputs, img_size))
-        loss = F.cross_entropy(logits, targets)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        stats.update(logits.detach(), targets, loss)
+        inputs, targets = accel.inputs(inputs, targets)
+        logits, loss = train_step(model, inputs, targets, optimizer, accel, img_size=img_size)
+        stats.update(logits, targets, loss)
     return stats.compute()
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, *, img_size: int) -> dict:
+def evaluate(model, loader, accel: Accel, *, img_size: int) -> dict:
     model.eval()
     stats = ClassifierStats()
     for inputs, targets in tqdm(loader, desc="test", leave=False, disable=None):
-        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        logits = model(prepare_inputs(inputs, img_size))
+        inputs, targets = accel.inputs(inputs, targets)
+        with accel.autocast():
+            logits = model(prepare_inputs(inputs, img_size)).float()
         stats.update(logits, targets, F.cross_entropy(logits, targets))
     return stats.compute()
 
@@ -79,9 +88,12 @@ def main(args: argparse.Namespace) -> dict:
     resume = load_resume(args, stage)
     model = build_model(spec.classifier_arch, spec.num_classes)
     notes = []
-    if args.pretrained and not resume:  # on --resume the checkpoint's weights are the newer ones
+    if resume:
+        load_weights(model, resume, "state_dict")
+    elif args.pretrained:
         notes.append(load_pretrained(model, args.pretrained))
-    model = model.to(device)
+    accel = Accel(args, device)
+    model = accel.prepare(model, trainable=True)
 
     # The run directory is checked before the data loads, so a wrong --cv_dir fails fast.
     run = Run(args, stage, score_key="test_accuracy", resume=resume)
@@ -92,18 +104,17 @@ def main(args: argparse.Namespace) -> dict:
                                 weight_decay=defaults.weight_decay if args.wd is None else args.wd)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(defaults.lr_milestones), gamma=0.1)
     if resume:
-        load_weights(model, resume, "state_dict")
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
 
     print("\n".join(run_summary(stage, args, train_loader, test_loader, device, run.start_epoch)
-                     + notes + rng_notes))
-    for epoch in range(run.start_epoch, args.max_epochs):
+                     + notes + accel.notes + rng_notes))
+    for epoch in run.epochs():
         metrics = {"epoch": epoch,
-                   **prefixed("train", train_one_epoch(model, train_loader, optimizer, device,
+                   **prefixed("train", train_one_epoch(model, train_loader, optimizer, accel,
                                                        img_size=args.img_size))}
         if run.is_test_epoch(epoch):
-            metrics.update(prefixed("test", evaluate(model, test_loader, device, img_size=args.img_size)))
+            metrics.update(prefixed("test", evaluate(model, test_loader, accel, img_size=args.img_size)))
         scheduler.step()
         run.end_epoch(metrics, {"state_dict": model}, optimizer, scheduler)
         print("\n".join(console_lines(metrics)), flush=True)

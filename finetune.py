@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models import build_model
+from utils.accel import Accel
 from utils.checkpoint import init_policy_and_hr, load_all_weights
 from utils.cli import add_common_args, add_policy_args
 from utils.data import build_loaders
@@ -40,7 +41,31 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def train_one_epoch(agent, resnet_hr, loader, optimizer, device, *, penalty: float, alpha: float,
+def train_step(agent, resnet_hr, inputs, targets, optimizer, accel: Accel, *, penalty: float,
+               alpha: float, lr_size: int):
+    """One joint update of the policy and the HR classifier on a batch already on the device. Returns
+    greedy correctness, sampled reward, sampled action, greedy reward and the loss."""
+    with accel.autocast():
+        logits = agent(downsample(inputs, lr_size)).float()  # float32 from here on
+    probs = bound_probs(torch.sigmoid(logits), alpha)
+    sampled, greedy = sample_action(probs.detach()), greedy_action(probs.detach())
+    with torch.no_grad(), accel.autocast():  # the greedy pass is only the baseline's reward
+        greedy_logits = resnet_hr(mask_image(inputs, greedy)).float()
+    with accel.autocast():  # with gradients: the classifier learns here
+        sampled_logits = resnet_hr(mask_image(inputs, sampled)).float()
+    reward_greedy, correct_greedy = compute_reward(greedy_logits, targets, greedy, penalty)
+    reward_sampled, _ = compute_reward(sampled_logits, targets, sampled, penalty)
+    # Fine-tuning sums -log pi(a_p) * A over patches and averages over the batch (method.md,
+    # stage 3), then adds the classifier's cross-entropy on the sampled masked images.
+    loss = (reinforce_loss(probs, sampled, reward_sampled - reward_greedy, "sum")
+            + F.cross_entropy(sampled_logits, targets))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return correct_greedy, reward_sampled, sampled, reward_greedy, loss
+
+
+def train_one_epoch(agent, resnet_hr, loader, optimizer, accel: Accel, *, penalty: float, alpha: float,
                     lr_size: int) -> dict:
     agent.train()
     # DEVIATION: the HR classifier trains with batch-norm in train mode; the authors' finetune kept
@@ -48,36 +73,26 @@ def train_one_epoch(agent, resnet_hr, loader, optimizer, device, *, penalty: flo
     resnet_hr.train()
     stats = PolicyStats()
     for inputs, targets in tqdm(loader, desc="train", leave=False, disable=None):
-        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        probs = bound_probs(torch.sigmoid(agent(downsample(inputs, lr_size))), alpha)
-        sampled, greedy = sample_action(probs.detach()), greedy_action(probs.detach())
-        with torch.no_grad():  # the greedy pass is only the baseline's reward
-            reward_greedy, correct_greedy = compute_reward(
-                resnet_hr(mask_image(inputs, greedy)), targets, greedy, penalty)
-        logits = resnet_hr(mask_image(inputs, sampled))  # with gradients: the classifier learns here
-        reward_sampled, _ = compute_reward(logits, targets, sampled, penalty)
-        # Fine-tuning sums -log pi(a_p) * A over patches and averages over the batch (method.md,
-        # stage 3), then adds the classifier's cross-entropy on the sampled masked images.
-        loss = (reinforce_loss(probs, sampled, reward_sampled - reward_greedy, "sum")
-                + F.cross_entropy(logits, targets))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        stats.update(correct_greedy, reward_sampled, sampled, baseline_reward=reward_greedy,
-                     loss=loss)
+        inputs, targets = accel.inputs(inputs, targets)
+        correct, reward, action, baseline, loss = train_step(
+            agent, resnet_hr, inputs, targets, optimizer, accel, penalty=penalty, alpha=alpha,
+            lr_size=lr_size)
+        stats.update(correct, reward, action, baseline_reward=baseline, loss=loss)
     return stats.compute()
 
 
 @torch.no_grad()
-def evaluate(agent, resnet_hr, loader, device, *, penalty: float, lr_size: int) -> dict:
+def evaluate(agent, resnet_hr, loader, accel: Accel, *, penalty: float, lr_size: int) -> dict:
     """Accuracy, reward, S, V and # of the greedy policy."""
     agent.eval()
     resnet_hr.eval()
     stats = PolicyStats()
     for inputs, targets in tqdm(loader, desc="test", leave=False, disable=None):
-        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        action = greedy_action(torch.sigmoid(agent(downsample(inputs, lr_size))))
-        reward, correct = compute_reward(resnet_hr(mask_image(inputs, action)), targets, action, penalty)
+        inputs, targets = accel.inputs(inputs, targets)
+        with accel.autocast():
+            action = greedy_action(torch.sigmoid(agent(downsample(inputs, lr_size)).float()))
+            logits = resnet_hr(mask_image(inputs, action)).float()
+        reward, correct = compute_reward(logits, targets, action, penalty)
         stats.update(correct, reward, action)
     return stats.compute()
 
@@ -94,7 +109,8 @@ def main(args: argparse.Namespace) -> dict:
         for note in init_policy_and_hr(agent, resnet_hr, load=args.load, load_stage="pretrain",
                                        ckpt_hr_cl=args.ckpt_hr_cl, model=spec.name):
             print(f"note: {note}", file=sys.stderr)
-    agent, resnet_hr = agent.to(device), resnet_hr.to(device)
+    accel = Accel(args, device)
+    agent, resnet_hr = accel.prepare(agent, trainable=True), accel.prepare(resnet_hr, trainable=True)
     optimizer = torch.optim.Adam(itertools.chain(agent.parameters(), resnet_hr.parameters()), lr=args.lr)
     if resume:
         optimizer.load_state_dict(resume["optimizer"])
@@ -105,14 +121,14 @@ def main(args: argparse.Namespace) -> dict:
     rng_notes = run.attach(train_loader)
 
     print("\n".join(run_summary(STAGE, args, train_loader, test_loader, device, run.start_epoch)
-                     + rng_notes))
+                     + accel.notes + rng_notes))
     policy_args = dict(penalty=args.penalty, lr_size=args.lr_size)
-    for epoch in range(run.start_epoch, args.max_epochs):
-        train_stats = train_one_epoch(agent, resnet_hr, train_loader, optimizer, device,
+    for epoch in run.epochs():
+        train_stats = train_one_epoch(agent, resnet_hr, train_loader, optimizer, accel,
                                       alpha=args.alpha, **policy_args)
         metrics = {"epoch": epoch, **prefixed("train", train_stats)}
         if run.is_test_epoch(epoch):
-            metrics.update(prefixed("test", evaluate(agent, resnet_hr, test_loader, device, **policy_args)))
+            metrics.update(prefixed("test", evaluate(agent, resnet_hr, test_loader, accel, **policy_args)))
         run.end_epoch(metrics, {"agent": agent, "resnet_hr": resnet_hr}, optimizer)
         print("\n".join(console_lines(metrics)), flush=True)
     run.close()

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from models import build_model
+from utils.accel import Accel
 from utils.checkpoint import init_policy_and_hr, load_all_weights, load_required, load_weights
 from utils.cli import add_common_args, add_policy_args
 from utils.data import build_loaders
@@ -44,46 +45,64 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def train_one_epoch(agent, resnet_hr, resnet_lr, loader, optimizer, device, *, penalty: float,
+def train_step(agent, resnet_hr, resnet_lr, inputs, targets, optimizer, accel: Accel, *,
+               penalty: float, alpha: float, lr_size: int, fusion: str):
+    """One joint update of the policy and the HR classifier, rewarded and trained on the logits fused
+    with the frozen LR classifier's. Returns greedy correctness, sampled reward, sampled action, greedy
+    reward and the loss."""
+    inputs_lr = downsample(inputs, lr_size)
+    with accel.autocast():
+        logits = agent(inputs_lr).float()  # float32 from here on
+    probs = bound_probs(torch.sigmoid(logits), alpha)
+    sampled, greedy = sample_action(probs.detach()), greedy_action(probs.detach())
+    with torch.no_grad(), accel.autocast():
+        lr_logits = resnet_lr(inputs_lr).float()
+        greedy_hr_logits = resnet_hr(mask_image(inputs, greedy)).float()
+    with accel.autocast():
+        sampled_hr_logits = resnet_hr(mask_image(inputs, sampled)).float()
+    greedy_logits = fuse_logits(greedy_hr_logits, lr_logits, greedy, fusion)
+    reward_greedy, correct_greedy = compute_reward(greedy_logits, targets, greedy, penalty)
+    logits = fuse_logits(sampled_hr_logits, lr_logits, sampled, fusion)
+    reward_sampled, _ = compute_reward(logits, targets, sampled, penalty)
+    # Same loss as stage 3 (sum over patches, mean over batch), on the fused logits.
+    loss = (reinforce_loss(probs, sampled, reward_sampled - reward_greedy, "sum")
+            + F.cross_entropy(logits, targets))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return correct_greedy, reward_sampled, sampled, reward_greedy, loss
+
+
+def train_one_epoch(agent, resnet_hr, resnet_lr, loader, optimizer, accel: Accel, *, penalty: float,
                     alpha: float, lr_size: int, fusion: str) -> dict:
     agent.train()
     resnet_hr.train()  # as in the authors' two-stream script
     resnet_lr.eval()  # frozen
     stats = PolicyStats()
     for inputs, targets in tqdm(loader, desc="train", leave=False, disable=None):
-        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        inputs_lr = downsample(inputs, lr_size)
-        probs = bound_probs(torch.sigmoid(agent(inputs_lr)), alpha)
-        sampled, greedy = sample_action(probs.detach()), greedy_action(probs.detach())
-        with torch.no_grad():
-            lr_logits = resnet_lr(inputs_lr)
-            greedy_logits = fuse_logits(resnet_hr(mask_image(inputs, greedy)), lr_logits, greedy, fusion)
-            reward_greedy, correct_greedy = compute_reward(greedy_logits, targets, greedy, penalty)
-        logits = fuse_logits(resnet_hr(mask_image(inputs, sampled)), lr_logits, sampled, fusion)
-        reward_sampled, _ = compute_reward(logits, targets, sampled, penalty)
-        # Same loss as stage 3 (sum over patches, mean over batch), on the fused logits.
-        loss = (reinforce_loss(probs, sampled, reward_sampled - reward_greedy, "sum")
-                + F.cross_entropy(logits, targets))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        stats.update(correct_greedy, reward_sampled, sampled, baseline_reward=reward_greedy,
-                     loss=loss)
+        inputs, targets = accel.inputs(inputs, targets)
+        correct, reward, action, baseline, loss = train_step(
+            agent, resnet_hr, resnet_lr, inputs, targets, optimizer, accel, penalty=penalty,
+            alpha=alpha, lr_size=lr_size, fusion=fusion)
+        stats.update(correct, reward, action, baseline_reward=baseline, loss=loss)
     return stats.compute()
 
 
 @torch.no_grad()
-def evaluate(agent, resnet_hr, resnet_lr, loader, device, *, penalty: float, lr_size: int,
+def evaluate(agent, resnet_hr, resnet_lr, loader, accel: Accel, *, penalty: float, lr_size: int,
              fusion: str) -> dict:
     """Accuracy, reward, S, V and # of the greedy policy with fused logits."""
     for net in (agent, resnet_hr, resnet_lr):
         net.eval()
     stats = PolicyStats()
     for inputs, targets in tqdm(loader, desc="test", leave=False, disable=None):
-        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
+        inputs, targets = accel.inputs(inputs, targets)
         inputs_lr = downsample(inputs, lr_size)
-        action = greedy_action(torch.sigmoid(agent(inputs_lr)))
-        logits = fuse_logits(resnet_hr(mask_image(inputs, action)), resnet_lr(inputs_lr), action, fusion)
+        with accel.autocast():
+            action = greedy_action(torch.sigmoid(agent(inputs_lr).float()))
+            hr_logits = resnet_hr(mask_image(inputs, action)).float()
+            lr_logits = resnet_lr(inputs_lr).float()
+        logits = fuse_logits(hr_logits, lr_logits, action, fusion)
         reward, correct = compute_reward(logits, targets, action, penalty)
         stats.update(correct, reward, action)
     return stats.compute()
@@ -115,8 +134,9 @@ def main(args: argparse.Namespace) -> dict:
         for note in init_policy_and_hr(agent, resnet_hr, load=args.load, load_stage="finetune",
                                        ckpt_hr_cl=args.ckpt_hr_cl, model=spec.name):
             print(f"note: {note}", file=sys.stderr)
-    agent, resnet_hr = agent.to(device), resnet_hr.to(device)
-    resnet_lr = resnet_lr.to(device).requires_grad_(False)
+    accel = Accel(args, device)
+    agent, resnet_hr = accel.prepare(agent, trainable=True), accel.prepare(resnet_hr, trainable=True)
+    resnet_lr = accel.prepare(resnet_lr.requires_grad_(False), trainable=False)
     optimizer = torch.optim.Adam(itertools.chain(agent.parameters(), resnet_hr.parameters()), lr=args.lr)
     if resume:
         optimizer.load_state_dict(resume["optimizer"])
@@ -127,15 +147,15 @@ def main(args: argparse.Namespace) -> dict:
     rng_notes = run.attach(train_loader)
 
     print("\n".join(run_summary(STAGE, args, train_loader, test_loader, device, run.start_epoch)
-                     + rng_notes))
+                     + accel.notes + rng_notes))
     policy_args = dict(penalty=args.penalty, lr_size=args.lr_size, fusion=args.fusion)
     nets = {"agent": agent, "resnet_hr": resnet_hr, "resnet_lr": resnet_lr}
-    for epoch in range(run.start_epoch, args.max_epochs):
-        train_stats = train_one_epoch(agent, resnet_hr, resnet_lr, train_loader, optimizer, device,
+    for epoch in run.epochs():
+        train_stats = train_one_epoch(agent, resnet_hr, resnet_lr, train_loader, optimizer, accel,
                                       alpha=args.alpha, **policy_args)
         metrics = {"epoch": epoch, **prefixed("train", train_stats)}
         if run.is_test_epoch(epoch):
-            test_stats = evaluate(agent, resnet_hr, resnet_lr, test_loader, device, **policy_args)
+            test_stats = evaluate(agent, resnet_hr, resnet_lr, test_loader, accel, **policy_args)
             metrics.update(prefixed("test", test_stats))
         run.end_epoch(metrics, nets, optimizer)
         print("\n".join(console_lines(metrics)), flush=True)

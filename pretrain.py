@@ -14,6 +14,7 @@ import torch
 from tqdm import tqdm
 
 from models import build_model
+from utils.accel import Accel
 from utils.checkpoint import load_all_weights, load_required, load_weights
 from utils.cli import add_common_args, add_policy_args
 from utils.data import build_loaders
@@ -36,47 +37,60 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def train_one_epoch(agent, resnet_hr, loader, optimizer, device, *, penalty: float, alpha: float,
+def train_step(agent, resnet_hr, inputs, targets, optimizer, accel: Accel, *, penalty: float,
+               alpha: float, lr_size: int, learned: torch.Tensor | None = None):
+    """One policy update on a batch already on the device. ``learned`` [P] is the curriculum's mask
+    (None: all patches). Returns what the epoch statistics need: greedy correctness, sampled reward,
+    sampled action, greedy reward and the loss."""
+    with accel.autocast():
+        logits = agent(downsample(inputs, lr_size)).float()  # float32 from here on
+    probs = bound_probs(torch.sigmoid(logits), alpha)
+    sampled, greedy = sample_action(probs.detach()), greedy_action(probs.detach())
+    if learned is not None:
+        sampled, greedy = apply_curriculum(sampled, learned), apply_curriculum(greedy, learned)
+    # The frozen classifier only scores, without autograd.
+    greedy_logits, sampled_logits = accel.score_pair(resnet_hr, mask_image(inputs, greedy),
+                                                     mask_image(inputs, sampled))
+    reward_greedy, correct_greedy = compute_reward(greedy_logits, targets, greedy, penalty)
+    reward_sampled, _ = compute_reward(sampled_logits, targets, sampled, penalty)
+    # Pretraining averages -log pi(a_p) * A over batch AND patches (method.md, stage 2).
+    loss = reinforce_loss(probs, sampled, reward_sampled - reward_greedy, "mean", learned)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return correct_greedy, reward_sampled, sampled, reward_greedy, loss
+
+
+def train_one_epoch(agent, resnet_hr, loader, optimizer, accel: Accel, *, penalty: float, alpha: float,
                     lr_size: int, learned: torch.Tensor | None = None) -> dict:
-    """One epoch of policy training. ``learned`` [P] is the curriculum's mask (None: all patches)."""
     agent.train()
     resnet_hr.eval()  # frozen: batch-norm statistics stay those of stage 1
     stats = PolicyStats()
     for inputs, targets in tqdm(loader, desc="train", leave=False, disable=None):
-        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        probs = bound_probs(torch.sigmoid(agent(downsample(inputs, lr_size))), alpha)
-        sampled, greedy = sample_action(probs.detach()), greedy_action(probs.detach())
-        if learned is not None:
-            sampled, greedy = apply_curriculum(sampled, learned), apply_curriculum(greedy, learned)
-        with torch.no_grad():  # the classifier only scores; no graph is built through it
-            reward_greedy, correct_greedy = compute_reward(
-                resnet_hr(mask_image(inputs, greedy)), targets, greedy, penalty)
-            reward_sampled, _ = compute_reward(
-                resnet_hr(mask_image(inputs, sampled)), targets, sampled, penalty)
-        # Pretraining averages -log pi(a_p) * A over batch AND patches (method.md, stage 2).
-        loss = reinforce_loss(probs, sampled, reward_sampled - reward_greedy, "mean", learned)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        inputs, targets = accel.inputs(inputs, targets)
+        correct, reward, action, baseline, loss = train_step(
+            agent, resnet_hr, inputs, targets, optimizer, accel, penalty=penalty, alpha=alpha,
+            lr_size=lr_size, learned=learned)
         # As in the authors' code: greedy accuracy, sampled reward/S/V/#, greedy reward as baseline.
-        stats.update(correct_greedy, reward_sampled, sampled, baseline_reward=reward_greedy,
-                     loss=loss)
+        stats.update(correct, reward, action, baseline_reward=baseline, loss=loss)
     return stats.compute()
 
 
 @torch.no_grad()
-def evaluate(agent, resnet_hr, loader, device, *, penalty: float, lr_size: int,
+def evaluate(agent, resnet_hr, loader, accel: Accel, *, penalty: float, lr_size: int,
              learned: torch.Tensor | None = None) -> dict:
     """Accuracy, reward, S, V and # of the greedy policy."""
     agent.eval()
     resnet_hr.eval()
     stats = PolicyStats()
     for inputs, targets in tqdm(loader, desc="test", leave=False, disable=None):
-        inputs, targets = inputs.to(device, non_blocking=True), targets.to(device, non_blocking=True)
-        action = greedy_action(torch.sigmoid(agent(downsample(inputs, lr_size))))
-        if learned is not None:
-            action = apply_curriculum(action, learned)
-        reward, correct = compute_reward(resnet_hr(mask_image(inputs, action)), targets, action, penalty)
+        inputs, targets = accel.inputs(inputs, targets)
+        with accel.autocast():
+            action = greedy_action(torch.sigmoid(agent(downsample(inputs, lr_size)).float()))
+            if learned is not None:
+                action = apply_curriculum(action, learned)
+            logits = resnet_hr(mask_image(inputs, action)).float()
+        reward, correct = compute_reward(logits, targets, action, penalty)
         stats.update(correct, reward, action)
     return stats.compute()
 
@@ -93,7 +107,9 @@ def main(args: argparse.Namespace) -> dict:
         hr_ckpt = load_required(args.ckpt_hr_cl, "--ckpt_hr_cl", stages=("classifier_hr",),
                                 model=spec.name, hint="python classifier_training.py --mode hr")
         load_weights(resnet_hr, hr_ckpt, "state_dict")
-    agent, resnet_hr = agent.to(device), resnet_hr.to(device).requires_grad_(False)
+    accel = Accel(args, device)
+    agent = accel.prepare(agent, trainable=True)
+    resnet_hr = accel.prepare(resnet_hr.requires_grad_(False), trainable=False)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.lr)
     if resume:
         optimizer.load_state_dict(resume["optimizer"])
@@ -104,17 +120,17 @@ def main(args: argparse.Namespace) -> dict:
     rng_notes = run.attach(train_loader)
 
     print("\n".join(run_summary(STAGE, args, train_loader, test_loader, device, run.start_epoch)
-                     + rng_notes))
+                     + accel.notes + rng_notes))
     policy_args = dict(penalty=args.penalty, lr_size=args.lr_size)
-    for epoch in range(run.start_epoch, args.max_epochs):
+    for epoch in run.epochs():
         learned = None
         if args.curriculum and epoch < spec.num_patches:
             learned = curriculum_learned(epoch, spec.num_patches, device)
-        train_stats = train_one_epoch(agent, resnet_hr, train_loader, optimizer, device,
+        train_stats = train_one_epoch(agent, resnet_hr, train_loader, optimizer, accel,
                                       alpha=args.alpha, learned=learned, **policy_args)
         metrics = {"epoch": epoch, **prefixed("train", train_stats)}
         if run.is_test_epoch(epoch):
-            test_stats = evaluate(agent, resnet_hr, test_loader, device, learned=learned, **policy_args)
+            test_stats = evaluate(agent, resnet_hr, test_loader, accel, learned=learned, **policy_args)
             metrics.update(prefixed("test", test_stats))
         run.end_epoch(metrics, {"agent": agent, "resnet_hr": resnet_hr}, optimizer)
         print("\n".join(console_lines(metrics)), flush=True)

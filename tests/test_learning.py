@@ -1,5 +1,7 @@
 """Learning actually happens: the classifier stage on an easy task, and the RL sanity task of the
 policy, where the label is visible in one HR patch whose position shows in the LR image."""
+from types import SimpleNamespace
+
 import pytest
 import torch
 from torch import nn
@@ -7,9 +9,12 @@ from torch import nn
 import classifier_training
 import pretrain
 from models import build_model
+from utils.accel import Accel, bf16_supported
 from utils.policy import downsample
 
-CPU = torch.device("cpu")
+CPU = Accel(SimpleNamespace(), torch.device("cpu"))
+AMP = Accel(SimpleNamespace(amp=True), torch.device("cpu"))
+needs_bf16 = pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="this CPU has no bf16")
 
 
 def batches(x, y, size):
@@ -17,8 +22,10 @@ def batches(x, y, size):
 
 
 @pytest.mark.slow
-def test_classifier_learns_an_easy_task():
-    """Two classes that differ by colour: ResNet-32 reaches 100% test accuracy in a few epochs."""
+@pytest.mark.parametrize("accel", [CPU, pytest.param(AMP, marks=needs_bf16)], ids=["fp32", "amp"])
+def test_classifier_learns_an_easy_task(accel):
+    """Two classes that differ by colour: ResNet-32 reaches 100% test accuracy in a few epochs, in
+    float32 and under bf16 autocast (--amp)."""
     gen = torch.Generator().manual_seed(0)
     y = torch.randint(2, (192,), generator=gen)
     x = torch.randn(192, 3, 32, 32, generator=gen) * 0.5
@@ -26,10 +33,11 @@ def test_classifier_learns_an_easy_task():
     torch.manual_seed(0)
     model = build_model("resnet32_cifar", 10)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    before = classifier_training.evaluate(model, batches(x[128:], y[128:], 64), CPU, img_size=32)
+    before = classifier_training.evaluate(model, batches(x[128:], y[128:], 64), accel, img_size=32)
     for _ in range(4):
-        classifier_training.train_one_epoch(model, batches(x[:128], y[:128], 32), optimizer, CPU, img_size=32)
-    after = classifier_training.evaluate(model, batches(x[128:], y[128:], 64), CPU, img_size=32)
+        classifier_training.train_one_epoch(model, batches(x[:128], y[:128], 32), optimizer, accel,
+                                            img_size=32)
+    after = classifier_training.evaluate(model, batches(x[128:], y[128:], 64), accel, img_size=32)
     assert before["accuracy"] < 0.8 and after["accuracy"] == 1.0
 
 
@@ -61,7 +69,8 @@ class LabelReader(nn.Module):
 
 
 @pytest.mark.slow
-def test_policy_learns_to_keep_the_informative_patch():
+@pytest.mark.parametrize("accel", [CPU, pytest.param(AMP, marks=needs_bf16)], ids=["fp32", "amp"])
+def test_policy_learns_to_keep_the_informative_patch(accel):
     gen = torch.Generator().manual_seed(0)
     x_train, y_train, _ = make_task(2048, gen)
     x_test, y_test, k_test = make_task(512, gen)
@@ -71,11 +80,11 @@ def test_policy_learns_to_keep_the_informative_patch():
     agent, reader = build_model("resnet8_cifar", 16), LabelReader()
     optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
     test = batches(x_test, y_test, 256)
-    before = pretrain.evaluate(agent, reader, test, CPU, penalty=-0.5, lr_size=8)
+    before = pretrain.evaluate(agent, reader, test, accel, penalty=-0.5, lr_size=8)
     for _ in range(8):
-        pretrain.train_one_epoch(agent, reader, batches(x_train, y_train, 64), optimizer, CPU,
+        pretrain.train_one_epoch(agent, reader, batches(x_train, y_train, 64), optimizer, accel,
                                  penalty=-0.5, alpha=0.8, lr_size=8)
-    after = pretrain.evaluate(agent, reader, test, CPU, penalty=-0.5, lr_size=8)
+    after = pretrain.evaluate(agent, reader, test, accel, penalty=-0.5, lr_size=8)
     with torch.no_grad():
         action = (torch.sigmoid(agent.eval()(downsample(x_test, 8))) >= 0.5).float()
     kept_informative = action[torch.arange(512), k_test].mean().item()

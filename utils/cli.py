@@ -33,6 +33,15 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     add("--test_samples", type=int, default=None, help="test on a fixed random subset of N images")
     add("--fake_data", action="store_true", help="random images of the right shape (smoke runs)")
     add("--no_download", action="store_true", help="never download torchvision's CIFAR files")
+    speed = parser.add_argument_group("speed (off by default; README, Performance)")
+    speed.add_argument("--amp", action="store_true",
+                       help="bfloat16 autocast for the networks' forward passes (CUDA, bf16-capable CPUs)")
+    speed.add_argument("--channels_last", action="store_true", help="NHWC memory format")
+    speed.add_argument("--compile", action="store_true", help="torch.compile the networks")
+    speed.add_argument("--gpu_data", action="store_true",
+                       help="CIFAR: hold the split in device memory, augment and normalize there")
+    speed.add_argument("--parallel", action="store_true",
+                       help="nn.DataParallel over the visible GPUs (the authors' flag; prefer torchrun)")
 
 
 def add_policy_args(parser: argparse.ArgumentParser) -> None:

@@ -17,9 +17,10 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from torchvision import datasets, transforms
 
+from . import distributed
 from .errors import PatchDropError
 from .spec import ModelSpec
 
@@ -181,10 +182,14 @@ def take_subset(dataset: Dataset, num_samples: int | None) -> Dataset:
 
 def build_datasets(spec: ModelSpec, data_dir: str | Path, *, download: bool = True,
                    fake_data: bool = False, train_samples: int | None = None,
-                   test_samples: int | None = None) -> tuple[Dataset, Dataset]:
-    """Train and test datasets of ``spec.dataset`` yielding (normalized HR image [3, H, W], label)."""
+                   test_samples: int | None = None, raw: bool = False) -> tuple[Dataset, Dataset]:
+    """Train and test datasets of ``spec.dataset`` yielding (normalized HR image [3, H, W], label), or
+    with ``raw`` (un-augmented uint8 image [3, H, W], label), from which --gpu_data builds its copy."""
     data_dir = Path(data_dir)
-    transform_train, transform_test = build_transform(spec, True), build_transform(spec, False)
+    if raw:
+        transform_train = transform_test = transforms.PILToTensor()
+    else:
+        transform_train, transform_test = build_transform(spec, True), build_transform(spec, False)
     if fake_data:
         shape = (3, spec.hr_size, spec.hr_size)
         train = datasets.FakeData(train_samples or FAKE_SIZES["train"], shape, spec.num_classes,
@@ -204,22 +209,58 @@ def build_datasets(spec: ModelSpec, data_dir: str | Path, *, download: bool = Tr
     return take_subset(train, train_samples), take_subset(test, test_samples)
 
 
+class ShardSampler(torch.utils.data.Sampler):
+    """Indices rank, rank + world, rank + 2 world, ... in order: this process's share of a test split
+    under torchrun, with no index repeated (DistributedSampler would pad the last shard)."""
+
+    def __init__(self, num_items: int, rank: int, world: int):
+        self.indices = list(range(rank, num_items, world))
+
+    def __iter__(self):
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 def build_loader(dataset: Dataset, batch_size: int, *, train: bool, num_workers: int,
                  device: torch.device, seed: int) -> DataLoader:
-    """Shuffled (training) or ordered (testing) loader; the shuffle order is seeded by ``seed``."""
+    """Shuffled (training) or ordered (testing) loader; the shuffle order is seeded by ``seed``. Under
+    torchrun each process loads its own share: DistributedSampler (training), ShardSampler (testing)."""
+    sampler = None
+    if distributed.is_distributed():
+        rank, world = distributed.rank(), distributed.world_size()
+        sampler = (DistributedSampler(dataset, world, rank, shuffle=True, seed=seed) if train
+                   else ShardSampler(len(dataset), rank, world))
     return DataLoader(
-        dataset, batch_size=batch_size, shuffle=train, num_workers=num_workers,
-        pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
+        dataset, batch_size=batch_size, shuffle=train and sampler is None, sampler=sampler,
+        num_workers=num_workers, pin_memory=device.type == "cuda", persistent_workers=num_workers > 0,
         generator=torch.Generator().manual_seed(seed) if train else None,
     )
 
 
-def build_loaders(spec: ModelSpec, args, device: torch.device) -> tuple[DataLoader, DataLoader]:
-    """Train and test loaders for a stage script, from its --data_dir, --batch_size, --num_workers,
-    --seed, --no_download, --fake_data, --train_samples and --test_samples."""
-    train_set, test_set = build_datasets(spec, args.data_dir, download=not args.no_download,
-                                         fake_data=args.fake_data, train_samples=args.train_samples,
-                                         test_samples=args.test_samples)
+def build_loaders(spec: ModelSpec, args, device: torch.device):
+    """Train and test loaders for a stage script, from its --data_dir, --batch_size (the total over all
+    processes under torchrun), --num_workers, --seed, --no_download, --fake_data, --train_samples,
+    --test_samples and --gpu_data."""
+    world = distributed.world_size()
+    if args.batch_size % world:
+        raise PatchDropError(f"--batch_size {args.batch_size} is the total over {world} processes and "
+                             f"must be divisible by it")
+    batch_size = args.batch_size // world
+    sets = build_datasets(spec, args.data_dir, download=not args.no_download, fake_data=args.fake_data,
+                          train_samples=args.train_samples, test_samples=args.test_samples,
+                          raw=args.gpu_data)
+    if args.gpu_data:
+        if spec.dataset not in TORCHVISION_CLASSES:
+            raise PatchDropError(f"--gpu_data holds a whole CIFAR split in device memory; {spec.name} "
+                                 f"streams its images from disk, drop the flag")
+        from .gpu_data import DeviceLoader  # noqa: PLC0415 (only --gpu_data needs it)
+
+        return (DeviceLoader.from_dataset(sets[0], spec, batch_size, train=True, device=device,
+                                          seed=args.seed, num_workers=args.num_workers),
+                DeviceLoader.from_dataset(sets[1], spec, batch_size, train=False, device=device,
+                                          seed=args.seed, num_workers=args.num_workers))
     options = dict(num_workers=args.num_workers, device=device, seed=args.seed)
-    return (build_loader(train_set, args.batch_size, train=True, **options),
-            build_loader(test_set, args.batch_size, train=False, **options))
+    return (build_loader(sets[0], batch_size, train=True, **options),
+            build_loader(sets[1], batch_size, train=False, **options))

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from . import distributed
 from .files import write_atomically
 from .policy import action_codes
 
@@ -29,9 +30,11 @@ class LossWatch:
         self.step += 1
 
     def compute(self) -> dict[str, int]:
-        """{"nonfinite_step": k} when step k (0-based, within the epoch) was the first bad one."""
-        first = -1 if self.first_bad is None else int(self.first_bad)
-        return {"nonfinite_step": first} if first >= 0 else {}
+        """{"nonfinite_step": k} when step k (0-based, within the epoch) was the first bad one, on
+        any rank under torchrun."""
+        first = torch.full((1,), -1, dtype=torch.long) if self.first_bad is None else self.first_bad.reshape(1)
+        steps = [int(step) for step in distributed.all_cat(first) if step >= 0]
+        return {"nonfinite_step": min(steps)} if steps else {}
 
 
 class ClassifierStats:
@@ -50,9 +53,12 @@ class ClassifierStats:
         self.watch.update(loss)
 
     def compute(self) -> dict[str, float]:
-        n = max(self.count, 1)
-        return {"accuracy": float(self.correct) / n, "loss": float(self.loss_sum) / n,
-                **self.watch.compute()}
+        """Accuracy and mean loss over the epoch (over all ranks under torchrun)."""
+        device = self.loss_sum.device if torch.is_tensor(self.loss_sum) else None
+        sums = distributed.all_sum(torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device)
+                                                for v in (self.correct, self.loss_sum, self.count)]))
+        n = max(float(sums[2]), 1.0)
+        return {"accuracy": float(sums[0]) / n, "loss": float(sums[1]) / n, **self.watch.compute()}
 
 
 class PolicyStats:
@@ -78,17 +84,19 @@ class PolicyStats:
             self.baseline.append(baseline_reward.detach().float())
 
     def compute(self) -> dict[str, float]:
-        kept = torch.cat(self.kept)
+        """The epoch's statistics over all its images (of all ranks under torchrun)."""
+        gather = lambda parts: distributed.all_cat(torch.cat(parts))  # noqa: E731
+        kept = gather(self.kept)
         stats = {
-            "accuracy": torch.cat(self.correct).mean(),
-            "reward": torch.cat(self.reward).mean(),
+            "accuracy": gather(self.correct).mean(),
+            "reward": gather(self.reward).mean(),
             "sparsity": kept.mean(),
             # Sample standard deviation, as torch.std in the authors' statistics; 0 for one image.
             "variance": kept.std() if kept.numel() > 1 else kept.new_zeros(()),
-            "unique_policies": torch.unique(torch.cat(self.codes)).numel(),
+            "unique_policies": torch.unique(gather(self.codes)).numel(),
         }
         if self.baseline:
-            stats["baseline_reward"] = torch.cat(self.baseline).mean()
+            stats["baseline_reward"] = gather(self.baseline).mean()
         stats = {k: float(v) if torch.is_tensor(v) else v for k, v in stats.items()}
         return {**stats, **self.watch.compute()}
 

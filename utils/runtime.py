@@ -11,6 +11,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from . import distributed
 from .checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from .cli import apply_defaults, check_args
 from .errors import PatchDropError, error_line
@@ -25,8 +26,10 @@ def setup(args: Namespace, stage: str) -> tuple[ModelSpec, torch.device]:
     spec = get_spec(args.model)
     apply_defaults(args, spec, stage)
     check_args(args, spec)
-    seed_everything(args.seed)
-    return spec, select_device(args.device)
+    device = distributed.init_distributed(args.device) or select_device(args.device)
+    # Under torchrun each process draws its own samples; DDP gives all of them rank 0's weights.
+    seed_everything(args.seed + distributed.rank())
+    return spec, device
 
 
 def seed_everything(seed: int) -> None:
@@ -84,13 +87,17 @@ def plain_args(args: Namespace) -> dict:
     return {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
 
 
-def prepare_run_dir(cv_dir: str | Path, args: Namespace, *, resuming: bool, overwrite: bool) -> Path:
+def prepare_run_dir(cv_dir: str | Path, args: Namespace, *, resuming: bool, overwrite: bool,
+                    write: bool = True) -> Path:
     """Create ``cv_dir`` and write ``args.json``. A directory that already holds a run is only reused
-    with --resume (continue it) or --overwrite (start over), so finished epochs are never lost."""
+    with --resume (continue it) or --overwrite (start over), so finished epochs are never lost. With
+    ``write`` False (ranks other than 0 under torchrun) only the check is made."""
     cv_dir = Path(cv_dir)
     if (cv_dir / LAST).exists() and not (resuming or overwrite):
         raise PatchDropError(f"{cv_dir} already holds a run ({LAST}); pass --resume to continue it, "
                              f"--overwrite to start over, or choose another --cv_dir")
+    if not write:
+        return cv_dir
     if overwrite and not resuming:
         # Starting over: no checkpoint or TensorBoard curve of the old run may mix with the new one.
         for old in [cv_dir / LAST, cv_dir / BEST, *cv_dir.glob("log/events.out.tfevents.*")]:
@@ -105,24 +112,27 @@ def prepare_run_dir(cv_dir: str | Path, args: Namespace, *, resuming: bool, over
 class Run:
     """One stage's run in ``--cv_dir``: checks and creates the directory, restores the epoch counter
     and best score on --resume, and at the end of each epoch logs the metrics and writes
-    ``ckpt_last.pt`` and, on a new best test score, ``ckpt_best.pt``."""
+    ``ckpt_last.pt`` and, on a new best test score, ``ckpt_best.pt``. Under torchrun every rank checks
+    and only rank 0 writes."""
 
     def __init__(self, args: Namespace, stage: str, score_key: str, resume: dict | None = None):
         self.args, self.stage, self.score_key = args, stage, score_key
+        self.writes = distributed.is_main()
         self.cv_dir = prepare_run_dir(args.cv_dir, args, resuming=resume is not None,
-                                      overwrite=args.overwrite)
+                                      overwrite=args.overwrite, write=self.writes)
         self.resume = resume
         self.start_epoch = resume["epoch"] + 1 if resume else 0
         self.best_score = resume["best_score"] if resume else None
         self.last_metrics = resume["metrics"] if resume else {}
-        self.logger = MetricsLogger(self.cv_dir, resume_epoch=resume["epoch"] if resume else None)
-        self.data_generator = None
+        self.logger = (MetricsLogger(self.cv_dir, resume_epoch=resume["epoch"] if resume else None)
+                       if self.writes else None)
+        self.train_loader, self.data_generator = None, None
 
     def attach(self, train_loader) -> list[str]:
         """Follow ``train_loader``'s generator (data order), whose state each checkpoint stores with
         the other generators'; on --resume, put them all back where the checkpoint's epoch left them, so
         the run continues as if it had never stopped. Returns notes for the user."""
-        self.data_generator = train_loader.generator
+        self.train_loader, self.data_generator = train_loader, train_loader.generator
         if not self.resume:
             return []
         if self.resume.get("rng") is None:
@@ -130,6 +140,17 @@ class Run:
                     f"continues correctly but not bit-for-bit like an uninterrupted one"]
         restore_rng(self.resume["rng"], self.data_generator)
         return []
+
+    def epochs(self):
+        """The epochs still to run; tells a distributed sampler (or --gpu_data loader) which epoch it
+        is, so each epoch has its own data order."""
+        for epoch in range(self.start_epoch, self.args.max_epochs):
+            loader = self.train_loader
+            if hasattr(loader, "set_epoch"):
+                loader.set_epoch(epoch)
+            elif hasattr(getattr(loader, "sampler", None), "set_epoch"):
+                loader.sampler.set_epoch(epoch)
+            yield epoch
 
     def is_test_epoch(self, epoch: int) -> bool:
         """Test every --test_interval epochs from epoch 0 on, and always after the last epoch."""
@@ -149,20 +170,23 @@ class Run:
         bad = check_finite(metrics)
         if bad:
             raise PatchDropError(f"epoch {epoch}: non-finite {', '.join(bad)}; {kept} (lower --lr?)")
-        self.logger.log(metrics)
         score = metrics.get(self.score_key)
         is_best = score is not None and (self.best_score is None or score > self.best_score)
         if is_best:
             self.best_score = score
+        self.last_metrics = metrics
+        if not self.writes:
+            return
+        self.logger.log(metrics)
         ckpt = dict(stage=self.stage, model=self.args.model, epoch=epoch, nets=nets,
                     optimizer=optimizer, scheduler=scheduler, best_score=self.best_score,
                     metrics=metrics, args=plain_args(self.args), rng=capture_rng(self.data_generator))
         # Serialized once, written to ckpt_last.pt and, on a new best, to ckpt_best.pt.
         save_checkpoint([self.cv_dir / LAST] + ([self.cv_dir / BEST] if is_best else []), **ckpt)
-        self.last_metrics = metrics
 
     def close(self) -> None:
-        self.logger.close()
+        if self.logger:
+            self.logger.close()
 
 
 def load_resume(args: Namespace, stage: str) -> dict | None:
