@@ -1,0 +1,1 @@
+"""Benchmarks (not tests): ``python -m bench.step_speed --help``."""
