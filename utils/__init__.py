@@ -6,6 +6,9 @@ policy      policy, mask and reward functions (pure, batched tensor code)
 checkpoint  the one checkpoint schema: atomic save, safe and validated load
 files       crash-safe writes (temporary file, flush, rename)
 metrics     per-epoch statistics, console lines, metrics.jsonl and TensorBoard
+accel       speed options: --amp, --channels_last, --compile, --parallel, DDP wrapping
+distributed torchrun: process group, ranks, metrics gathered over ranks
+gpu_data    --gpu_data: a CIFAR split held, augmented and normalized on the device
 runtime     stage set-up (spec, defaults, checks, seeds, device), run directories
 cli         the flags every stage script shares
 fmow        the fMoW preprocessing command (python -m utils.fmow)
