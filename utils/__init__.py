@@ -14,5 +14,6 @@ cli         the flags every stage script shares
 fmow        the fMoW preprocessing command (python -m utils.fmow)
 errors      PatchDropError, the error that ends a run with a short message
 
-Nothing in utils/ parses the command line or prints: it returns values and raises PatchDropError.
+Apart from the ``python -m utils.fmow`` command and ``runtime.run_cli`` (the scripts' entry point),
+nothing in utils/ parses the command line or prints: it returns values and raises PatchDropError.
 """
