@@ -33,6 +33,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--pretrained", default=None, metavar="PATH",
                         help="initialize from a torchvision-format state dict, e.g. ImageNet weights "
                              "(the final layer is replaced when the class count differs)")
+    parser.add_argument("--lr_milestones", type=int, nargs="+", default=None, metavar="EPOCH",
+                        help="epochs at which the LR is multiplied by 0.1 (default: 150 250)")
     parser.add_argument("--wd", type=float, default=None,
                         help="weight decay (default: 5e-4 on CIFAR, 0 on ImageNet and fMoW)")
     add_common_args(parser)
@@ -102,7 +104,8 @@ def main(args: argparse.Namespace) -> dict:
     defaults = spec.stages[stage]
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=defaults.momentum,
                                 weight_decay=defaults.weight_decay if args.wd is None else args.wd)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(defaults.lr_milestones), gamma=0.1)
+    milestones = list(defaults.lr_milestones if args.lr_milestones is None else args.lr_milestones)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=0.1)
     if resume:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])

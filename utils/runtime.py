@@ -226,5 +226,7 @@ def run_cli(main: Callable[[Namespace], dict], parser: argparse.ArgumentParser) 
     except OSError as err:  # e.g. --cv_dir on a read-only or full disk
         sys.exit(f"error: {err}")
     except KeyboardInterrupt:
-        sys.exit(f"interrupted: {Path(args.cv_dir) / LAST} holds the last finished epoch; continue "
-                 f"with --resume")
+        if getattr(args, "cv_dir", None):
+            sys.exit(f"interrupted: {Path(args.cv_dir) / LAST} holds the last finished epoch; continue "
+                     f"with --resume")
+        sys.exit("interrupted")

@@ -1,0 +1,266 @@
+"""Evaluate a checkpoint of any stage on the test split: accuracy against HR patches acquired, FLOPs,
+speed, and optionally budget sweeps and baselines on the same classifier.
+
+    python evaluate.py --model R32_C10 --load cv/c10_ft --json cv/c10_ft/eval.json
+    python evaluate.py --model R32_C10 --load cv/c10_ft --ckpt_lr_cl cv/c10_lr --baselines \
+        --thresholds 0.1 0.3 0.5 0.7 0.9 --budgets all --sweep_csv sweep.csv --sweep_png sweep.png
+
+The setting reported first is what the checkpoint does at test time: its greedy policy (policy
+stages), all HR patches (an HR classifier) or the LR image alone (an LR classifier). With --baselines
+the table adds full HR, LR only (given an LR classifier) and random, central and horizontal / vertical
+band patches at the policy's budget (its mean patches kept, rounded); with --budgets they are also
+swept over those budgets. See utils/evaluation.py for the settings.
+"""
+import argparse
+import csv
+import json
+import statistics
+import time
+from itertools import islice
+from pathlib import Path
+
+import torch
+
+from models import build_model
+from utils import evaluation
+from utils.accel import Accel
+from utils.checkpoint import load_checkpoint, load_weights
+from utils.data import build_datasets, build_loader
+from utils.errors import PatchDropError
+from utils.evaluation import Evaluator, Setting
+from utils.runtime import run_cli, select_device, seed_everything
+from utils.spec import STAGES, get_spec
+
+MAIN_SETTING = {"classifier_hr": "full_hr", "classifier_lr": "lr_only", "pretrain": "policy",
+                "finetune": "policy", "finetune2stream": "policy"}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="PatchDrop evaluation: accuracy, patches, FLOPs, speed")
+    add = parser.add_argument
+    add("--model", default="R32_C10", help="R32_C10, R32_C100, R50_ImgNet, R34_fMoW")
+    add("--load", "--Load", dest="load", required=True, help="checkpoint of any stage (file or run dir)")
+    add("--ckpt_lr_cl", default=None, help="LR classifier checkpoint: the 'LR only' baseline, and the "
+                                           "LR stream of a two-stream checkpoint instead of its own")
+    add("--data_dir", default="data/")
+    add("--batch_size", type=int, default=256)
+    add("--num_workers", type=int, default=2)
+    add("--test_samples", type=int, default=None, help="evaluate on a fixed random subset of N images")
+    add("--fake_data", action="store_true")
+    add("--no_download", action="store_true")
+    add("--device", default="auto")
+    add("--seed", type=int, default=0, help="seed of the random baseline")
+    add("--amp", action="store_true")
+    add("--channels_last", action="store_true")
+    add("--baselines", action="store_true", help="full HR, LR only, random and fixed patches")
+    add("--thresholds", type=float, nargs="+", default=[], help="policy probability thresholds to sweep")
+    add("--budgets", nargs="+", default=[], help="k most probable patches to sweep (list, or 'all')")
+    add("--sweep_csv", default=None, help="write method,setting,patches,accuracy rows here")
+    add("--sweep_png", default=None, help="draw accuracy against patches kept here")
+    add("--json", default=None, help="write the results as a JSON object here")
+    add("--speed_batches", type=int, default=4, help="batches timed for images per second")
+    return parser
+
+
+def load_networks(args, spec, device, accel):
+    """The networks of --load (and --ckpt_lr_cl), prepared for evaluation, and what they are."""
+    ckpt = load_checkpoint(args.load, stages=STAGES, model=spec.name)
+    stage, saved = ckpt["stage"], ckpt["args"]
+    lr_size = saved.get("lr_size") or (saved.get("img_size") if stage == "classifier_lr" else None)
+    lr_size = lr_size or spec.lr_size
+    nets = {"agent": None, "resnet_hr": None, "resnet_lr": None}
+    key_of = {"classifier_hr": {"resnet_hr": "state_dict"}, "classifier_lr": {"resnet_lr": "state_dict"},
+              "pretrain": {"agent": "agent", "resnet_hr": "resnet_hr"},
+              "finetune": {"agent": "agent", "resnet_hr": "resnet_hr"},
+              "finetune2stream": {"agent": "agent", "resnet_hr": "resnet_hr", "resnet_lr": "resnet_lr"}}
+    for name, key in key_of[stage].items():
+        arch, outputs = ((spec.policy_arch, spec.num_patches) if name == "agent"
+                         else (spec.classifier_arch, spec.num_classes))
+        nets[name] = build_model(arch, outputs)
+        load_weights(nets[name], ckpt, key)
+    if args.ckpt_lr_cl:
+        lr_ckpt = load_checkpoint(args.ckpt_lr_cl, stages=("classifier_lr",), model=spec.name)
+        if lr_ckpt["args"].get("img_size") != lr_size:
+            raise PatchDropError(f"{lr_ckpt['path']}: LR classifier trained on "
+                                 f"{lr_ckpt['args'].get('img_size')}px images, the policy sees {lr_size}px")
+        nets["resnet_lr"] = build_model(spec.classifier_arch, spec.num_classes)
+        load_weights(nets["resnet_lr"], lr_ckpt, "state_dict")
+    nets = {k: accel.prepare(v.requires_grad_(False), trainable=False) if v is not None else None
+            for k, v in nets.items()}
+    fusion = saved.get("fusion", "sum") if stage == "finetune2stream" else None
+    penalty = saved.get("penalty") or spec.stages["finetune"].penalty
+    return ckpt, nets, lr_size, fusion, penalty
+
+
+def parse_budgets(values: list[str], num_patches: int) -> list[int]:
+    if values == ["all"]:
+        return list(range(1, num_patches + 1))
+    try:
+        budgets = [int(v) for v in values]
+    except ValueError:
+        raise PatchDropError(f"--budgets takes integers 1..{num_patches} or 'all', got {values}") from None
+    if any(not 0 <= k <= num_patches for k in budgets):
+        raise PatchDropError(f"--budgets must lie in 0..{num_patches}, got {budgets}")
+    return budgets
+
+
+def measure_speed(evaluator: Evaluator, setting: Setting, loader, num_batches: int, device) -> dict:
+    """Images per second of the setting's whole pipeline on batches held in memory, and the latency of
+    one image (median of 20 runs), on ``device``."""
+    batches = [(x.to(device), y.to(device)) for x, y in islice(iter(loader), num_batches)]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    evaluator.run(batches[:1], [setting])  # warm-up
+    sync()
+    start = time.perf_counter()
+    evaluator.run(batches, [setting])
+    sync()
+    images = sum(len(y) for _, y in batches)
+    rate = images / (time.perf_counter() - start)
+    single = [(batches[0][0][:1], batches[0][1][:1])]
+    times = []
+    for _ in range(20):
+        sync()
+        start = time.perf_counter()
+        evaluator.run(single, [setting])
+        sync()
+        times.append(time.perf_counter() - start)
+    return {"images_per_second": rate, "latency_ms": 1000 * statistics.median(times),
+            "speed_batch_size": len(batches[0][1])}
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU, {torch.get_num_threads()} threads"
+
+
+def write_csv(path: str, rows: list[dict]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["method", "setting", "patches", "accuracy"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def plot_sweep(path: str, rows: list[dict], title: str, num_patches: int) -> None:
+    """Accuracy against mean patches kept: one curve per method with several settings, points else."""
+    import matplotlib  # noqa: PLC0415 (only figures need it)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    styles = {"policy": dict(marker="*", markersize=14, color="black", label="learned policy"),
+              "threshold": dict(marker="o", color="tab:blue", label="policy, thresholds"),
+              "budget": dict(marker="s", color="tab:cyan", label="policy, top-k budgets"),
+              "random": dict(marker="x", color="tab:red", label="random patches"),
+              "center": dict(marker="^", color="tab:green", label="fixed: centre"),
+              "fixed_h": dict(marker=">", color="tab:olive", label="fixed: horizontal band"),
+              "fixed_v": dict(marker="v", color="tab:purple", label="fixed: vertical band"),
+              "full_hr": dict(marker="D", color="tab:gray", label="full HR"),
+              "lr_only": dict(marker="P", color="tab:brown", label="LR only")}
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    for method, style in styles.items():
+        points = sorted((r["patches"], r["accuracy"]) for r in rows if r["method"] == method)
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, linestyle="-" if len(points) > 1 else "none",
+                    zorder=3 if method == "policy" else 2, **style)
+    ax.set_xlabel(f"HR patches acquired (mean of {num_patches})")
+    ax.set_ylabel("test accuracy")
+    ax.set_xlim(-0.5, num_patches + 0.5)
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def main(args: argparse.Namespace) -> dict:
+    spec = get_spec(args.model)
+    seed_everything(args.seed)
+    device = select_device(args.device)
+    if args.batch_size <= 0:
+        raise PatchDropError(f"--batch_size must be positive, got {args.batch_size}")
+    if any(not 0 <= t <= 1 for t in args.thresholds):
+        raise PatchDropError(f"--thresholds must lie in [0, 1], got {args.thresholds}")
+    budgets = parse_budgets(args.budgets, spec.num_patches) if args.budgets else []
+    accel = Accel(args, device)
+    ckpt, nets, lr_size, fusion, penalty = load_networks(args, spec, device, accel)
+    stage = ckpt["stage"]
+    main_setting = Setting(MAIN_SETTING[stage])
+    if nets["agent"] is None and (args.thresholds or budgets):
+        raise PatchDropError(f"--thresholds and --budgets sweep a policy; {ckpt['path']} is a {stage} "
+                             f"checkpoint without one")
+    _, test_set = build_datasets(spec, args.data_dir, download=not args.no_download,
+                                 fake_data=args.fake_data, train_samples=1, test_samples=args.test_samples)
+    test_loader = build_loader(test_set, args.batch_size, train=False, num_workers=args.num_workers,
+                               device=device, seed=args.seed)
+    evaluator = Evaluator(agent=nets["agent"], resnet_hr=nets["resnet_hr"], resnet_lr=nets["resnet_lr"],
+                          fusion=fusion, grid=spec.grid, lr_size=lr_size, penalty=penalty, accel=accel,
+                          seed=args.seed)
+
+    settings = [main_setting]
+    settings += [Setting("threshold", t) for t in args.thresholds]
+    settings += [Setting("budget", k) for k in budgets]
+    if args.baselines:
+        if nets["resnet_hr"] is not None and main_setting.method != "full_hr":
+            settings.append(Setting("full_hr"))
+        if nets["resnet_lr"] is not None and main_setting.method != "lr_only":
+            settings.append(Setting("lr_only"))
+        if nets["resnet_hr"] is not None:
+            settings += [Setting(m, k) for k in budgets for m in ("random", *evaluation.FIXED_METHODS)]
+    results = evaluator.run(test_loader, settings)
+    main_result = results[main_setting.name]
+
+    # Baselines at the policy's own budget (its mean patches kept, rounded), if not swept already.
+    policy_budget = round(main_result["sparsity"])
+    if args.baselines and nets["resnet_hr"] is not None and main_setting.method == "policy":
+        extra = [Setting(m, policy_budget) for m in ("random", *evaluation.FIXED_METHODS)]
+        extra = [s for s in extra if s.name not in results]
+        if extra:
+            results.update(evaluator.run(test_loader, extra))
+            settings += extra
+
+    flops = evaluator.flops_per_image(main_setting, spec.hr_size, device)
+    speed = measure_speed(evaluator, main_setting, test_loader, args.speed_batches, device)
+    report = {
+        "model": spec.name, "checkpoint": ckpt["path"], "stage": stage, "epoch": ckpt["epoch"],
+        "setting": main_setting.name, "test_images": len(test_loader.dataset),
+        **{k: main_result[k] for k in ("accuracy", "sparsity", "variance", "unique_policies", "reward")},
+        "hr_pixel_fraction": main_result["sparsity"] / spec.num_patches,
+        "flops_per_image": flops, **speed, "device": device_name(device),
+        "options": {"amp": accel.amp, "channels_last": accel.channels_last},
+        "policy_budget": policy_budget if main_setting.method == "policy" else None,
+        "settings": {s.name: {"method": s.method, "setting": s.value, **results[s.name]} for s in settings},
+    }
+    rows = evaluation.sweep_rows(results, settings)
+    print(f"{spec.name} {stage} checkpoint {ckpt['path']} (epoch {ckpt['epoch']}), "
+          f"{report['test_images']} test images, {report['device']}")
+    # The console shows the reported setting, the baselines at its budget and the policy sweeps; the
+    # baseline curves over --budgets are in the JSON and CSV.
+    shown = [st for st in settings if st.value is None or st.method in ("threshold", "budget")
+             or st.value == policy_budget]
+    print(f"{'setting':<22} {'accuracy':>8} {'S':>7} {'HR pixels':>9}")
+    for st in shown:
+        r = results[st.name]
+        print(f"{st.name:<22} {r['accuracy']:8.4f} {r['sparsity']:7.3f} {r['sparsity'] / spec.num_patches:9.1%}")
+    breakdown = ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in flops.items() if k != "total")
+    print(f"FLOPs per image: {flops['total'] / 1e6:.2f} M ({breakdown}); {speed['images_per_second']:.0f} "
+          f"images/s at batch {speed['speed_batch_size']}, latency {speed['latency_ms']:.1f} ms per image")
+    for line in accel.notes:
+        print(line)
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.sweep_csv:
+        write_csv(args.sweep_csv, rows)
+    if args.sweep_png:
+        plot_sweep(args.sweep_png, rows, f"{spec.name}, {stage} ({Path(ckpt['path']).parent.name}), "
+                                         f"{report['test_images']} test images", spec.num_patches)
+    return report
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser())

@@ -1,0 +1,163 @@
+"""What a trained model buys: accuracy against HR patches acquired, for the learned policy, budget
+sweeps and baselines, all measured in one pass over the test split; FLOPs and speed.
+
+A *setting* says which patches each image keeps:
+
+    policy      the learned greedy policy, 1[s >= 0.5] (what the stage scripts report at test time)
+    threshold   1[s >= t] for another probability threshold t
+    budget      the k patches of highest probability s
+    random      k patches drawn uniformly per image (seeded)
+    center      the k patches nearest the image centre
+    fixed_h     a horizontal band: rows nearest the centre first, left to right
+    fixed_v     a vertical band: columns nearest the centre first, top to bottom
+    full_hr     all patches
+    lr_only     no HR patch: the LR classifier alone on the LR image
+
+Every setting but ``lr_only`` feeds the HR classifier the masked HR image (fused with the LR classifier
+for two-stream models), so baselines and policy share one classifier and one data pass.
+"""
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from .metrics import PolicyStats
+from .policy import compute_reward, downsample, fuse_logits, greedy_action, mask_image
+
+POLICY_METHODS = ("policy", "threshold", "budget")  # settings that need the policy network
+FIXED_METHODS = ("center", "fixed_h", "fixed_v")
+
+
+@dataclass
+class Setting:
+    method: str
+    value: float | int | None = None  # threshold t or budget k
+
+    @property
+    def name(self) -> str:
+        if self.value is None:
+            return self.method
+        return f"{self.method} t={self.value:g}" if self.method == "threshold" else f"{self.method} k={self.value}"
+
+
+def fixed_order(grid: int, method: str) -> list[int]:
+    """Patch indices (row-major) in the order a fixed baseline keeps them."""
+    centre = (grid - 1) / 2
+    cells = [(row, col) for row in range(grid) for col in range(grid)]
+    keys: dict[str, Callable] = {
+        "center": lambda rc: ((rc[0] - centre) ** 2 + (rc[1] - centre) ** 2, rc),
+        "fixed_h": lambda rc: (abs(rc[0] - centre), rc[0], rc[1]),
+        "fixed_v": lambda rc: (abs(rc[1] - centre), rc[1], rc[0]),
+    }
+    return [row * grid + col for row, col in sorted(cells, key=keys[method])]
+
+
+def topk_action(probs: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k patches of highest probability (ties: lower index first)."""
+    action = torch.zeros_like(probs)
+    if k > 0:
+        order = torch.sort(probs, dim=1, descending=True, stable=True).indices
+        action.scatter_(1, order[:, :k], 1.0)
+    return action
+
+
+def random_action(batch: int, num_patches: int, k: int, generator: torch.Generator,
+                  device: torch.device) -> torch.Tensor:
+    """Exactly k patches per image, uniformly at random."""
+    scores = torch.rand(batch, num_patches, generator=generator)
+    return topk_action(scores, k).to(device)
+
+
+def fixed_action(method: str, grid: int, batch: int, k: int, device: torch.device) -> torch.Tensor:
+    action = torch.zeros(grid * grid, device=device)
+    action[fixed_order(grid, method)[:k]] = 1.0
+    return action.expand(batch, -1).clone()
+
+
+class Evaluator:
+    """Scores settings with the networks of one checkpoint: ``agent`` may be None (classifier
+    checkpoints), ``resnet_hr`` None for an LR classifier alone; ``resnet_lr`` is fused with the HR
+    logits when ``fusion`` is set (two-stream) and used alone by ``lr_only``."""
+
+    def __init__(self, *, agent, resnet_hr, resnet_lr, fusion: str | None, grid: int, lr_size: int,
+                 penalty: float, accel, seed: int = 0):
+        self.agent, self.resnet_hr, self.resnet_lr = agent, resnet_hr, resnet_lr
+        self.fusion, self.grid, self.lr_size, self.penalty = fusion, grid, lr_size, penalty
+        self.accel, self.seed = accel, seed
+        for net in (agent, resnet_hr, resnet_lr):
+            if net is not None:
+                net.eval()
+
+    def action(self, setting: Setting, probs: torch.Tensor | None, batch: int, device, generator):
+        method, value, patches = setting.method, setting.value, self.grid ** 2
+        if method == "policy":
+            return greedy_action(probs)
+        if method == "threshold":
+            return (probs >= value).float()
+        if method == "budget":
+            return topk_action(probs, int(value))
+        if method == "random":
+            return random_action(batch, patches, int(value), generator, device)
+        if method in FIXED_METHODS:
+            return fixed_action(method, self.grid, batch, int(value), device)
+        if method == "full_hr":
+            return torch.ones(batch, patches, device=device)
+        if method == "lr_only":
+            return torch.zeros(batch, patches, device=device)
+        raise ValueError(f"unknown setting {method!r}")
+
+    def logits(self, setting: Setting, inputs: torch.Tensor, action: torch.Tensor, lr_logits):
+        if setting.method == "lr_only":
+            return lr_logits
+        with self.accel.autocast():
+            hr_logits = self.resnet_hr(mask_image(inputs, action)).float()
+        return fuse_logits(hr_logits, lr_logits, action, self.fusion) if self.fusion else hr_logits
+
+    @torch.no_grad()
+    def run(self, loader, settings: list[Setting]) -> dict[str, dict]:
+        """Accuracy, reward, S, V and # of every setting over ``loader``, in one pass over the data."""
+        stats = {s.name: PolicyStats() for s in settings}
+        generator = torch.Generator().manual_seed(self.seed)  # random baselines: same draws every run
+        needs_probs = any(s.method in POLICY_METHODS for s in settings)
+        needs_lr = self.resnet_lr is not None and (self.fusion or any(s.method == "lr_only" for s in settings))
+        for inputs, targets in loader:
+            inputs, targets = self.accel.inputs(inputs, targets)
+            inputs_lr = downsample(inputs, self.lr_size)
+            with self.accel.autocast():
+                probs = torch.sigmoid(self.agent(inputs_lr).float()) if needs_probs else None
+                lr_logits = self.resnet_lr(inputs_lr).float() if needs_lr else None
+            for setting in settings:
+                action = self.action(setting, probs, len(targets), inputs.device, generator)
+                logits = self.logits(setting, inputs, action, lr_logits)
+                reward, correct = compute_reward(logits, targets, action, self.penalty)
+                stats[setting.name].update(correct, reward, action)
+        return {name: s.compute() for name, s in stats.items()}
+
+    def flops_per_image(self, setting: Setting, hr_size: int, device) -> dict[str, int]:
+        """FLOPs of one image through each network the setting uses, by torch.utils.flop_counter
+        (multiply-adds of convolutions and matrix products counted as 2 FLOPs). Masking does not
+        reduce them: the HR classifier always sees the full-size tensor."""
+        used = {}
+        if setting.method in POLICY_METHODS:
+            used["policy"] = (self.agent, self.lr_size)
+        if setting.method != "lr_only":
+            used["resnet_hr"] = (self.resnet_hr, hr_size)
+        if setting.method == "lr_only" or self.fusion:
+            used["resnet_lr"] = (self.resnet_lr, self.lr_size)
+        flops = {name: count_flops(net, size, device) for name, (net, size) in used.items()}
+        return {"total": sum(flops.values()), **flops}
+
+
+def count_flops(net, size: int, device) -> int:
+    """FLOPs of ``net`` on one [1, 3, size, size] image."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        net(torch.zeros(1, 3, size, size, device=device))
+    return int(counter.get_total_flops())
+
+
+def sweep_rows(results: dict[str, dict], settings: list[Setting]) -> list[dict]:
+    """Rows ``method, setting, patches, accuracy`` (patches = mean HR patches kept) of a sweep."""
+    return [{"method": s.method, "setting": "" if s.value is None else s.value,
+             "patches": results[s.name]["sparsity"], "accuracy": results[s.name]["accuracy"]}
+            for s in settings]

@@ -1,0 +1,151 @@
+"""Where does the policy zoom? A figure of test images with the HR patches the policy acquires drawn
+over the LR image, and a heat map of how often each patch is kept over the test split.
+
+    python visualize.py --model R32_C10 --load cv/c10_ft --data_dir data/ --num_images 8
+    (writes figures/policy_R32_C10_finetune.png unless --out PATH is given)
+
+Kept patches show the HR pixels; dropped patches show the LR image (what the policy saw, upsampled)
+dimmed and crossed out. Each title gives the true and the predicted label (green right, red wrong).
+"""
+import argparse
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from evaluate import load_networks
+from utils.accel import Accel
+from utils.data import build_datasets, build_loader
+from utils.errors import PatchDropError
+from utils.evaluation import Evaluator, Setting
+from utils.policy import action_to_mask, downsample, greedy_action
+from utils.runtime import run_cli, select_device, seed_everything
+from utils.spec import get_spec
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="PatchDrop: draw the patches a policy acquires")
+    add = parser.add_argument
+    add("--model", default="R32_C10")
+    add("--load", "--Load", dest="load", required=True, help="pretrain, finetune or finetune2stream checkpoint")
+    add("--ckpt_lr_cl", default=None, help="LR stream for a two-stream checkpoint (default: its own)")
+    add("--data_dir", default="data/")
+    add("--num_images", type=int, default=8)
+    add("--out", default=None, help="PNG path (default: figures/policy_<model>_<stage>.png)")
+    add("--batch_size", type=int, default=256)
+    add("--num_workers", type=int, default=2)
+    add("--test_samples", type=int, default=None, help="heat map over a fixed subset of N test images")
+    add("--fake_data", action="store_true")
+    add("--no_download", action="store_true")
+    add("--device", default="auto")
+    add("--seed", type=int, default=0, help="which test images are shown")
+    return parser
+
+
+def class_names(dataset) -> list[str] | None:
+    while dataset is not None and not hasattr(dataset, "classes"):
+        dataset = getattr(dataset, "dataset", None)
+    return list(dataset.classes) if dataset is not None else None
+
+
+def to_rgb(images: torch.Tensor, mean, std) -> torch.Tensor:
+    """Normalized [B, 3, H, W] back to displayable [B, H, W, 3] in [0, 1]."""
+    mean, std = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
+    return (images.cpu() * std + mean).clamp(0, 1).permute(0, 2, 3, 1)
+
+
+def composite(hr: torch.Tensor, action: torch.Tensor, lr_size: int) -> torch.Tensor:
+    """Kept patches from the HR image, dropped ones from the upsampled LR image, dimmed."""
+    lr = F.interpolate(downsample(hr, lr_size), size=hr.shape[-2:], mode="nearest")
+    mask = action_to_mask(action, hr.shape[-1])
+    return mask * hr + (1 - mask) * (0.35 * lr + 0.65 * hr.new_full((1, 3, 1, 1), 0.5).expand_as(lr))
+
+
+def main(args: argparse.Namespace) -> str:
+    spec = get_spec(args.model)
+    seed_everything(args.seed)
+    device = select_device(args.device)
+    if args.num_images <= 0:
+        raise PatchDropError(f"--num_images must be positive, got {args.num_images}")
+    accel = Accel(argparse.Namespace(), device)
+    ckpt, nets, lr_size, fusion, penalty = load_networks(args, spec, device, accel)
+    if nets["agent"] is None:
+        raise PatchDropError(f"{ckpt['path']}: a {ckpt['stage']} checkpoint has no policy to draw; pass a "
+                             f"pretrain, finetune or finetune2stream checkpoint")
+    _, test_set = build_datasets(spec, args.data_dir, download=not args.no_download,
+                                 fake_data=args.fake_data, train_samples=1, test_samples=args.test_samples)
+    evaluator = Evaluator(agent=nets["agent"], resnet_hr=nets["resnet_hr"], resnet_lr=nets["resnet_lr"],
+                          fusion=fusion, grid=spec.grid, lr_size=lr_size, penalty=penalty, accel=accel)
+
+    # Keep frequency of each patch over the test split.
+    loader = build_loader(test_set, args.batch_size, train=False, num_workers=args.num_workers,
+                          device=device, seed=args.seed)
+    kept, count = torch.zeros(spec.num_patches), 0
+    with torch.no_grad():
+        for inputs, _ in loader:
+            probs = torch.sigmoid(nets["agent"](downsample(inputs.to(device), lr_size)).float())
+            kept += greedy_action(probs).sum(0).cpu()
+            count += len(inputs)
+    heat = (kept / count).reshape(spec.grid, spec.grid)
+
+    # The shown images: a seeded random choice of the test split.
+    n = min(args.num_images, len(test_set))
+    picks = torch.randperm(len(test_set), generator=torch.Generator().manual_seed(args.seed))[:n].tolist()
+    images = torch.stack([test_set[i][0] for i in picks]).to(device)
+    labels = torch.tensor([int(test_set[i][1]) for i in picks], device=device)
+    with torch.no_grad():
+        action = greedy_action(torch.sigmoid(nets["agent"](downsample(images, lr_size)).float()))
+        lr_logits = nets["resnet_lr"](downsample(images, lr_size)).float() if fusion else None
+        predicted = evaluator.logits(Setting("policy"), images, action, lr_logits).argmax(1)
+    shown = to_rgb(composite(images, action, lr_size), spec.mean, spec.std)
+    names = class_names(test_set)
+    name = (lambda k: names[k] if names and k < len(names) else str(k))  # noqa: E731
+
+    import matplotlib  # noqa: PLC0415 (only figures need it)
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols + 1, figsize=(2.0 * (cols + 1), 2.5 * rows), squeeze=False)
+    side, step = spec.hr_size, spec.patch_size
+    for index, ax in enumerate(axes[:, :cols].flat):
+        ax.axis("off")
+        if index >= n:
+            continue
+        ax.imshow(shown[index].numpy(), interpolation="nearest", extent=(0, side, side, 0))
+        for p in range(spec.num_patches):
+            r, c = divmod(p, spec.grid)
+            x0, y0 = c * step, r * step
+            if action[index, p] < 0.5:  # dropped: crossed out
+                ax.plot([x0, x0 + step], [y0, y0 + step], color="red", linewidth=0.6, alpha=0.7)
+                ax.plot([x0, x0 + step], [y0 + step, y0], color="red", linewidth=0.6, alpha=0.7)
+            ax.add_patch(plt.Rectangle((x0, y0), step, step, fill=False, linewidth=0.4, edgecolor="white"))
+        right = bool(predicted[index] == labels[index])
+        ax.set_title(f"true: {name(int(labels[index]))}\npred: {name(int(predicted[index]))}",
+                     fontsize=8, color="green" if right else "red")
+    for ax in axes[1:, cols]:
+        ax.axis("off")
+    heat_ax = axes[0, cols]
+    picture = heat_ax.imshow(heat.numpy(), vmin=0, vmax=1, cmap="viridis")
+    for r in range(spec.grid):
+        for c in range(spec.grid):
+            heat_ax.text(c, r, f"{heat[r, c]:.2f}", ha="center", va="center", fontsize=6,
+                         color="white" if heat[r, c] < 0.6 else "black")
+    heat_ax.set_xticks([])
+    heat_ax.set_yticks([])
+    heat_ax.set_title(f"kept, over {count}\ntest images (mean {kept.sum() / count:.1f})", fontsize=8)
+    fig.colorbar(picture, ax=heat_ax, fraction=0.046, pad=0.04)
+    fig.suptitle(f"{spec.name} {ckpt['stage']}: HR patches acquired (dropped: LR, crossed out)", fontsize=9)
+    fig.tight_layout()
+    out = Path(args.out or f"figures/policy_{spec.name}_{ckpt['stage']}.png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+    print(f"wrote {out}")
+    return str(out)
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser())
