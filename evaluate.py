@@ -21,15 +21,13 @@ from pathlib import Path
 
 import torch
 
-from models import build_model
 from utils import evaluation
 from utils.accel import Accel
-from utils.checkpoint import load_checkpoint, load_weights
 from utils.data import build_datasets, build_loader
 from utils.errors import PatchDropError
-from utils.evaluation import Evaluator, Setting
+from utils.evaluation import Evaluator, Setting, load_networks
 from utils.runtime import run_cli, select_device, seed_everything
-from utils.spec import STAGES, get_spec
+from utils.spec import get_spec
 
 MAIN_SETTING = {"classifier_hr": "full_hr", "classifier_lr": "lr_only", "pretrain": "policy",
                 "finetune": "policy", "finetune2stream": "policy"}
@@ -60,36 +58,6 @@ def get_args_parser() -> argparse.ArgumentParser:
     add("--json", default=None, help="write the results as a JSON object here")
     add("--speed_batches", type=int, default=4, help="batches timed for images per second")
     return parser
-
-
-def load_networks(args, spec, device, accel):
-    """The networks of --load (and --ckpt_lr_cl), prepared for evaluation, and what they are."""
-    ckpt = load_checkpoint(args.load, stages=STAGES, model=spec.name)
-    stage, saved = ckpt["stage"], ckpt["args"]
-    lr_size = saved.get("lr_size") or (saved.get("img_size") if stage == "classifier_lr" else None)
-    lr_size = lr_size or spec.lr_size
-    nets = {"agent": None, "resnet_hr": None, "resnet_lr": None}
-    key_of = {"classifier_hr": {"resnet_hr": "state_dict"}, "classifier_lr": {"resnet_lr": "state_dict"},
-              "pretrain": {"agent": "agent", "resnet_hr": "resnet_hr"},
-              "finetune": {"agent": "agent", "resnet_hr": "resnet_hr"},
-              "finetune2stream": {"agent": "agent", "resnet_hr": "resnet_hr", "resnet_lr": "resnet_lr"}}
-    for name, key in key_of[stage].items():
-        arch, outputs = ((spec.policy_arch, spec.num_patches) if name == "agent"
-                         else (spec.classifier_arch, spec.num_classes))
-        nets[name] = build_model(arch, outputs)
-        load_weights(nets[name], ckpt, key)
-    if args.ckpt_lr_cl:
-        lr_ckpt = load_checkpoint(args.ckpt_lr_cl, stages=("classifier_lr",), model=spec.name)
-        if lr_ckpt["args"].get("img_size") != lr_size:
-            raise PatchDropError(f"{lr_ckpt['path']}: LR classifier trained on "
-                                 f"{lr_ckpt['args'].get('img_size')}px images, the policy sees {lr_size}px")
-        nets["resnet_lr"] = build_model(spec.classifier_arch, spec.num_classes)
-        load_weights(nets["resnet_lr"], lr_ckpt, "state_dict")
-    nets = {k: accel.prepare(v.requires_grad_(False), trainable=False) if v is not None else None
-            for k, v in nets.items()}
-    fusion = saved.get("fusion", "sum") if stage == "finetune2stream" else None
-    penalty = saved.get("penalty") or spec.stages["finetune"].penalty
-    return ckpt, nets, lr_size, fusion, penalty
 
 
 def parse_budgets(values: list[str], num_patches: int) -> list[int]:
@@ -187,7 +155,7 @@ def main(args: argparse.Namespace) -> dict:
         raise PatchDropError(f"--thresholds must lie in [0, 1], got {args.thresholds}")
     budgets = parse_budgets(args.budgets, spec.num_patches) if args.budgets else []
     accel = Accel(args, device)
-    ckpt, nets, lr_size, fusion, penalty = load_networks(args, spec, device, accel)
+    ckpt, nets, lr_size, fusion, penalty = load_networks(spec, args.load, args.ckpt_lr_cl, accel)
     stage = ckpt["stage"]
     main_setting = Setting(MAIN_SETTING[stage])
     if nets["agent"] is None and (args.thresholds or budgets):

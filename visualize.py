@@ -13,11 +13,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from evaluate import load_networks
 from utils.accel import Accel
 from utils.data import build_datasets, build_loader
 from utils.errors import PatchDropError
-from utils.evaluation import Evaluator, Setting
+from utils.evaluation import Evaluator, Setting, load_networks
 from utils.policy import action_to_mask, downsample, greedy_action
 from utils.runtime import run_cli, select_device, seed_everything
 from utils.spec import get_spec
@@ -68,7 +67,7 @@ def main(args: argparse.Namespace) -> str:
     if args.num_images <= 0:
         raise PatchDropError(f"--num_images must be positive, got {args.num_images}")
     accel = Accel(argparse.Namespace(), device)
-    ckpt, nets, lr_size, fusion, penalty = load_networks(args, spec, device, accel)
+    ckpt, nets, lr_size, fusion, penalty = load_networks(spec, args.load, args.ckpt_lr_cl, accel)
     if nets["agent"] is None:
         raise PatchDropError(f"{ckpt['path']}: a {ckpt['stage']} checkpoint has no policy to draw; pass a "
                              f"pretrain, finetune or finetune2stream checkpoint")

@@ -22,8 +22,13 @@ from typing import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from models import build_model
+
+from .checkpoint import load_checkpoint, load_weights
+from .errors import PatchDropError
 from .metrics import PolicyStats
 from .policy import compute_reward, downsample, fuse_logits, greedy_action, mask_image
+from .spec import STAGES
 
 POLICY_METHODS = ("policy", "threshold", "budget")  # settings that need the policy network
 FIXED_METHODS = ("center", "fixed_h", "fixed_v")
@@ -147,6 +152,38 @@ class Evaluator:
             used["resnet_lr"] = (self.resnet_lr, self.lr_size)
         flops = {name: count_flops(net, size, device) for name, (net, size) in used.items()}
         return {"total": sum(flops.values()), **flops}
+
+
+def load_networks(spec, load: str, ckpt_lr_cl: str | None, accel):
+    """The networks of the checkpoint ``load`` of any stage (and of the LR classifier ``ckpt_lr_cl``),
+    prepared on ``accel``'s device for evaluation. Returns (checkpoint, {"agent", "resnet_hr",
+    "resnet_lr"}: module or None, LR size, two-stream fusion or None, penalty)."""
+    ckpt = load_checkpoint(load, stages=STAGES, model=spec.name)
+    stage, saved = ckpt["stage"], ckpt["args"]
+    lr_size = saved.get("lr_size") or (saved.get("img_size") if stage == "classifier_lr" else None)
+    lr_size = lr_size or spec.lr_size
+    nets = {"agent": None, "resnet_hr": None, "resnet_lr": None}
+    key_of = {"classifier_hr": {"resnet_hr": "state_dict"}, "classifier_lr": {"resnet_lr": "state_dict"},
+              "pretrain": {"agent": "agent", "resnet_hr": "resnet_hr"},
+              "finetune": {"agent": "agent", "resnet_hr": "resnet_hr"},
+              "finetune2stream": {"agent": "agent", "resnet_hr": "resnet_hr", "resnet_lr": "resnet_lr"}}
+    for name, key in key_of[stage].items():
+        arch, outputs = ((spec.policy_arch, spec.num_patches) if name == "agent"
+                         else (spec.classifier_arch, spec.num_classes))
+        nets[name] = build_model(arch, outputs)
+        load_weights(nets[name], ckpt, key)
+    if ckpt_lr_cl:
+        lr_ckpt = load_checkpoint(ckpt_lr_cl, stages=("classifier_lr",), model=spec.name)
+        if lr_ckpt["args"].get("img_size") != lr_size:
+            raise PatchDropError(f"{lr_ckpt['path']}: LR classifier trained on "
+                                 f"{lr_ckpt['args'].get('img_size')}px images, the policy sees {lr_size}px")
+        nets["resnet_lr"] = build_model(spec.classifier_arch, spec.num_classes)
+        load_weights(nets["resnet_lr"], lr_ckpt, "state_dict")
+    nets = {k: accel.prepare(v.requires_grad_(False), trainable=False) if v is not None else None
+            for k, v in nets.items()}
+    fusion = saved.get("fusion", "sum") if stage == "finetune2stream" else None
+    penalty = saved.get("penalty") or spec.stages["finetune"].penalty
+    return ckpt, nets, lr_size, fusion, penalty
 
 
 def count_flops(net, size: int, device) -> int:

@@ -1,0 +1,188 @@
+"""evaluate.py, visualize.py and scripts/reproduce.sh: FLOPs against hand-computed counts, baselines
+at exactly their budget, monotone sweeps, agreement with the training scripts' test metrics, and the
+files they write on fake and on real CIFAR-10 data."""
+import csv
+import json
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import classifier_training
+import evaluate
+import finetune
+import pretrain
+import visualize
+from models import build_model
+from tests.test_stages import run
+from utils.accel import Accel
+from utils.data import build_datasets, build_loader
+from utils.errors import PatchDropError
+from utils.evaluation import (Evaluator, Setting, count_flops, fixed_action, fixed_order, random_action,
+                              topk_action)
+from utils.spec import SPECS
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
+FAKE = ["--fake_data", "--num_workers", 0, "--device", "cpu"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+# --- FLOPs ---------------------------------------------------------------------------------------------
+
+def conv_macs(side: int, c_in: int, c_out: int) -> int:
+    """Multiply-adds of a 3x3 convolution with a side x side output."""
+    return side * side * c_in * c_out * 9
+
+
+def resnet_cifar_macs(blocks: int, side: int, outputs: int) -> int:
+    """Hand count: stem, then per stage 2 x blocks 3x3 convolutions (the first one striding from the
+    second stage on), then the linear layer; option-A shortcuts, batch norm and pooling cost none."""
+    macs = conv_macs(side, 3, 16)
+    for stage, width in enumerate((16, 32, 64)):
+        out_side = side >> stage
+        c_in = 16 if stage == 0 else width // 2
+        macs += conv_macs(out_side, c_in, width) + (2 * blocks - 1) * conv_macs(out_side, width, width)
+    return macs + 64 * outputs
+
+
+@pytest.mark.parametrize("arch,outputs,side,blocks,flops", [
+    ("resnet32_cifar", 10, 32, 5, 137_725_184),  # the HR classifier on a 32 px image
+    ("resnet32_cifar", 10, 8, 5, 8_609_024),     # the LR classifier on an 8 px image
+    ("resnet8_cifar", 16, 8, 1, 1_531_904),      # the policy on an 8 px image
+])
+def test_flops_of_the_cifar_models(arch, outputs, side, blocks, flops):
+    assert 2 * resnet_cifar_macs(blocks, side, outputs) == flops
+    assert count_flops(build_model(arch, outputs).eval(), side, CPU) == flops
+
+
+# --- settings --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("k", range(17))
+def test_baselines_keep_exactly_the_requested_budget(k):
+    generator = torch.Generator().manual_seed(k)
+    assert torch.all(random_action(64, 16, k, generator, CPU).sum(1) == k)
+    assert torch.all(topk_action(torch.rand(64, 16), k).sum(1) == k)
+    for method in ("center", "fixed_h", "fixed_v"):
+        action = fixed_action(method, 4, 8, k, CPU)
+        assert torch.all(action.sum(1) == k) and torch.all(action == action[0])
+
+
+def test_fixed_orders():
+    assert sorted(fixed_order(4, "center")[:4]) == [5, 6, 9, 10]  # the four central patches
+    assert sorted(fixed_order(4, "fixed_h")[:8]) == list(range(4, 12))  # the two middle rows
+    assert sorted(fixed_order(4, "fixed_v")[:8]) == [1, 2, 5, 6, 9, 10, 13, 14]  # the two middle columns
+    assert sorted(fixed_order(4, "center")) == list(range(16))
+
+
+def test_random_baseline_covers_patches_uniformly():
+    action = random_action(8000, 16, 4, torch.Generator().manual_seed(0), CPU)
+    assert torch.allclose(action.mean(0), torch.full((16,), 0.25), atol=0.02)
+
+
+def test_sweeps_are_monotone_in_patches_kept():
+    torch.manual_seed(0)
+    agent, hr = build_model("resnet8_cifar", 16), build_model("resnet32_cifar", 10)
+    evaluator = Evaluator(agent=agent, resnet_hr=hr, resnet_lr=None, fusion=None, grid=4, lr_size=8,
+                          penalty=-10, accel=Accel(SimpleNamespace(), CPU))
+    _, test = build_datasets(SPECS["R32_C10"], "unused", fake_data=True, train_samples=1, test_samples=96)
+    thresholds = [Setting("threshold", t) for t in (0.0, 0.3, 0.45, 0.5, 0.55, 0.7, 1.0)]
+    budgets = [Setting("budget", k) for k in range(17)]
+    results = evaluator.run(build_loader(test, 32, train=False, num_workers=0, device=CPU, seed=0),
+                            thresholds + budgets)
+    kept = [results[s.name]["sparsity"] for s in thresholds]
+    assert kept == sorted(kept, reverse=True) and kept[0] == 16
+    assert [results[s.name]["sparsity"] for s in budgets] == list(range(17))
+    assert results["budget k=16"]["accuracy"] == results["threshold t=0"]["accuracy"]  # both: all patches
+
+
+# --- evaluate.py and visualize.py -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def fake_chain(tmp_path_factory):
+    cv = tmp_path_factory.mktemp("chain")
+    data = ["--train_samples", 64, "--test_samples", 48, "--max_epochs", 1, "--batch_size", 16, *FAKE]
+    run(classifier_training, "--cv_dir", cv / "hr", *data)
+    run(classifier_training, "--cv_dir", cv / "lr", "--mode", "lr", *data)
+    run(pretrain, "--cv_dir", cv / "pt", "--ckpt_hr_cl", cv / "hr", *data)
+    metrics = run(finetune, "--cv_dir", cv / "ft", "--load", cv / "pt", *data)
+    return cv, metrics
+
+
+def test_evaluate_agrees_with_the_training_script_and_writes_its_files(tmp_path, fake_chain):
+    cv, metrics = fake_chain
+    out = tmp_path / "out"
+    report = run(evaluate, "--load", cv / "ft", "--ckpt_lr_cl", cv / "lr", "--test_samples", 48,
+                 "--baselines", "--thresholds", 0.3, 0.5, 0.7, "--budgets", "all", "--json", out / "e.json",
+                 "--sweep_csv", out / "s.csv", "--sweep_png", out / "s.png", "--batch_size", 16, *FAKE)
+    # The greedy policy's test metrics are those the finetune script logged (one epoch: same weights).
+    for key in ("accuracy", "sparsity", "variance", "unique_policies", "reward"):
+        assert report[key] == pytest.approx(metrics[f"test_{key}"], abs=1e-9), key
+    saved = json.loads((out / "e.json").read_text())
+    for key in ("accuracy", "sparsity", "variance", "unique_policies", "hr_pixel_fraction",
+                "flops_per_image", "images_per_second", "latency_ms", "device"):
+        assert key in saved, key
+    assert saved["hr_pixel_fraction"] == pytest.approx(saved["sparsity"] / 16)
+    assert saved["flops_per_image"] == {"total": 1_531_904 + 137_725_184, "policy": 1_531_904,
+                                        "resnet_hr": 137_725_184}
+    assert saved["images_per_second"] > 0
+    rows = list(csv.DictReader((out / "s.csv").open()))
+    assert set(rows[0]) == {"method", "setting", "patches", "accuracy"}
+    methods = {row["method"] for row in rows}
+    assert methods == {"policy", "threshold", "budget", "full_hr", "lr_only", "random", "center", "fixed_h",
+                       "fixed_v"}
+    k = saved["policy_budget"]
+    assert saved["settings"][f"random k={k}"]["sparsity"] == k  # baselines at the policy's budget
+    assert (out / "s.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_evaluate_classifier_checkpoints(tmp_path, fake_chain):
+    cv, _ = fake_chain
+    hr = run(evaluate, "--load", cv / "hr", "--test_samples", 48, *FAKE)
+    lr = run(evaluate, "--load", cv / "lr", "--test_samples", 48, *FAKE)
+    assert (hr["setting"], hr["sparsity"], lr["setting"], lr["sparsity"]) == ("full_hr", 16, "lr_only", 0)
+    assert lr["flops_per_image"] == {"total": 8_609_024, "resnet_lr": 8_609_024}
+    with pytest.raises(PatchDropError, match="sweep a policy; .* is a classifier_hr checkpoint"):
+        run(evaluate, "--load", cv / "hr", "--budgets", 4, *FAKE)
+    with pytest.raises(PatchDropError, match="--budgets must lie in 0..16"):
+        run(evaluate, "--load", cv / "ft", "--budgets", 17, *FAKE)
+
+
+def test_visualize_writes_a_figure(tmp_path, fake_chain):
+    cv, _ = fake_chain
+    out = run(visualize, "--load", cv / "ft", "--test_samples", 48, "--num_images", 6, "--out",
+              tmp_path / "v.png", *FAKE)
+    assert Path(out).read_bytes()[:8] == PNG_MAGIC
+    with pytest.raises(PatchDropError, match="has no policy to draw"):
+        run(visualize, "--load", cv / "hr", "--out", tmp_path / "x.png", *FAKE)
+
+
+@pytest.mark.slow
+def test_evaluate_and_visualize_on_real_cifar10(tmp_path, cifar10_dir):
+    data = ["--data_dir", cifar10_dir, "--no_download", "--num_workers", 0, "--device", "cpu"]
+    run(classifier_training, "--cv_dir", tmp_path / "hr", "--max_epochs", 1, *data)
+    run(pretrain, "--cv_dir", tmp_path / "pt", "--ckpt_hr_cl", tmp_path / "hr", "--max_epochs", 1, *data)
+    report = run(evaluate, "--load", tmp_path / "pt", "--baselines", "--budgets", 2, 8, "--json",
+                 tmp_path / "e.json", "--sweep_png", tmp_path / "s.png", *data)
+    assert report["test_images"] == 100 and json.loads((tmp_path / "e.json").read_text())["model"] == "R32_C10"
+    out = run(visualize, "--load", tmp_path / "pt", "--out", tmp_path / "v.png", *data)
+    assert Path(out).read_bytes()[:8] == PNG_MAGIC and (tmp_path / "s.png").is_file()
+
+
+@pytest.mark.slow
+def test_reproduce_script_runs_then_skips_finished_stages(tmp_path):
+    """The quick profile on fake data with tiny subsets (later flags override the profile's)."""
+    argv = ["bash", "scripts/reproduce.sh", "R32_C10", "--profile", "quick", "--out", str(tmp_path), "--",
+            "--fake_data", "--num_workers", "0", "--train_samples", "48", "--test_samples", "32",
+            "--max_epochs", "1", "--device", "cpu"]
+    first = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stderr[-3000:]
+    for path in ("hr/ckpt_best.pt", "ft2/ckpt_best.pt", "eval/ft.json", "eval/sweep_ft.csv", "eval/sweep_ft.png",
+                 "eval/policy_ft.png", "results.md"):
+        assert (tmp_path / path).is_file(), path
+    table = (tmp_path / "results.md").read_text()
+    assert "| Ft-2 (two-stream finetune) |" in table and "| random, k = " in table
+    second = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0 and second.stdout.count("finished earlier, skipped") == 5
