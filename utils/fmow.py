@@ -29,6 +29,9 @@ from pathlib import Path
 from PIL import Image
 from tqdm import tqdm
 
+from .errors import PatchDropError
+from .files import write_atomically
+
 # Satellite images can exceed PIL's decompression-bomb limit (89 M pixels) by far; they are trusted input.
 Image.MAX_IMAGE_PIXELS = None
 
@@ -135,9 +138,7 @@ def process_image(job: tuple[str, str, str]) -> dict:
                     out.parent.mkdir(parents=True, exist_ok=True)
                     buffer = io.BytesIO()
                     image.crop(crop).save(buffer, "JPEG", quality=JPEG_QUALITY)
-                    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-                    tmp.write_bytes(buffer.getvalue())
-                    os.replace(tmp, out)  # no half-written crop survives an interruption
+                    write_atomically(out, buffer.getbuffer())  # never a half-written crop
                     result["written"] += 1
         except (OSError, ValueError, SyntaxError) as err:
             result["problems"].append(f"{image_path}: unreadable image ({err})")
@@ -150,13 +151,12 @@ def process_image(job: tuple[str, str, str]) -> dict:
 
 
 def write_csv(path: Path, rows: list[tuple[int, str]]) -> None:
-    """``label,location`` with a header row, written to a temporary file and renamed."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["label", "location"])
-        writer.writerows(rows)
-    os.replace(tmp, path)
+    """``label,location`` with a header row, written atomically."""
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["label", "location"])
+    writer.writerows(rows)
+    write_atomically(path, text.getvalue().encode())
 
 
 def preprocess(src: str | Path, dst: str | Path, workers: int = 1, progress: bool = True) -> dict:
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(1, f"error: --workers must be 1 or more, got {args.workers}\n")
     try:
         totals = preprocess(args.src, args.dst, workers=args.workers)
-    except (FileNotFoundError, OSError) as err:
+    except (OSError, PatchDropError) as err:  # no fMoW layout under --src, a full or read-only --dst
         parser.exit(1, f"error: {err}\n")
     dst = Path(args.dst)
     for split, rows in totals["rows"].items():
