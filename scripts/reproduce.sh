@@ -65,7 +65,7 @@ echo "== $MODEL, profile $PROFILE, data $DATA_DIR, outputs in $OUT"
 stage() {  # stage NAME SCRIPT ARGS...: run, resume or skip one training stage
   local name=$1 script=$2; shift 2
   local dir="$OUT/$name" state
-  state=$(python scripts/stage_state.py "$dir")
+  state=$(python scripts/stage_state.py "$dir" "$MODEL")
   if [[ $state == done ]]; then echo "== $name: finished earlier, skipped"; return; fi
   local resume=(); [[ $state == partial ]] && resume=(--resume)
   echo "== $name: python $script ${*}"
