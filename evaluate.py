@@ -23,9 +23,10 @@ import torch
 
 from utils import evaluation
 from utils.accel import Accel
-from utils.data import build_datasets, build_loader
+from utils.cli import add_eval_args
+from utils.data import build_loader
 from utils.errors import PatchDropError
-from utils.evaluation import Evaluator, Setting, load_networks
+from utils.evaluation import Evaluator, Setting, load_evaluator, test_split
 from utils.runtime import run_cli, select_device, seed_everything
 from utils.spec import get_spec
 
@@ -36,17 +37,9 @@ MAIN_SETTING = {"classifier_hr": "full_hr", "classifier_lr": "lr_only", "pretrai
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="PatchDrop evaluation: accuracy, patches, FLOPs, speed")
     add = parser.add_argument
-    add("--model", default="R32_C10", help="R32_C10, R32_C100, R50_ImgNet, R34_fMoW")
-    add("--load", "--Load", dest="load", required=True, help="checkpoint of any stage (file or run dir)")
-    add("--ckpt_lr_cl", default=None, help="LR classifier checkpoint: the 'LR only' baseline, and the "
-                                           "LR stream of a two-stream checkpoint instead of its own")
-    add("--data_dir", default="data/")
-    add("--batch_size", type=int, default=256)
-    add("--num_workers", type=int, default=2)
-    add("--test_samples", type=int, default=None, help="evaluate on a fixed random subset of N images")
-    add("--fake_data", action="store_true")
-    add("--no_download", action="store_true")
-    add("--device", default="auto")
+    add_eval_args(parser, load_help="checkpoint of any stage (file or run dir)",
+                  lr_help="LR classifier checkpoint: the 'LR only' baseline, and the LR stream of a "
+                          "two-stream checkpoint instead of its own")
     add("--seed", type=int, default=0, help="seed of the random baseline")
     add("--amp", action="store_true")
     add("--channels_last", action="store_true")
@@ -155,36 +148,31 @@ def main(args: argparse.Namespace) -> dict:
         raise PatchDropError(f"--thresholds must lie in [0, 1], got {args.thresholds}")
     budgets = parse_budgets(args.budgets, spec.num_patches) if args.budgets else []
     accel = Accel(args, device)
-    ckpt, nets, lr_size, fusion, penalty = load_networks(spec, args.load, args.ckpt_lr_cl, accel)
+    ckpt, evaluator = load_evaluator(spec, args.load, args.ckpt_lr_cl, accel, seed=args.seed)
     stage = ckpt["stage"]
     main_setting = Setting(MAIN_SETTING[stage])
-    if nets["agent"] is None and (args.thresholds or budgets):
+    if evaluator.agent is None and (args.thresholds or budgets):
         raise PatchDropError(f"--thresholds and --budgets sweep a policy; {ckpt['path']} is a {stage} "
                              f"checkpoint without one")
-    _, test_set = build_datasets(spec, args.data_dir, download=not args.no_download,
-                                 fake_data=args.fake_data, train_samples=1, test_samples=args.test_samples)
-    test_loader = build_loader(test_set, args.batch_size, train=False, num_workers=args.num_workers,
-                               device=device, seed=args.seed)
-    evaluator = Evaluator(agent=nets["agent"], resnet_hr=nets["resnet_hr"], resnet_lr=nets["resnet_lr"],
-                          fusion=fusion, grid=spec.grid, lr_size=lr_size, penalty=penalty, accel=accel,
-                          seed=args.seed)
+    test_loader = build_loader(test_split(spec, args), args.batch_size, train=False,
+                               num_workers=args.num_workers, device=device, seed=args.seed)
 
     settings = [main_setting]
     settings += [Setting("threshold", t) for t in args.thresholds]
     settings += [Setting("budget", k) for k in budgets]
     if args.baselines:
-        if nets["resnet_hr"] is not None and main_setting.method != "full_hr":
+        if evaluator.resnet_hr is not None and main_setting.method != "full_hr":
             settings.append(Setting("full_hr"))
-        if nets["resnet_lr"] is not None and main_setting.method != "lr_only":
+        if evaluator.resnet_lr is not None and main_setting.method != "lr_only":
             settings.append(Setting("lr_only"))
-        if nets["resnet_hr"] is not None:
+        if evaluator.resnet_hr is not None:
             settings += [Setting(m, k) for k in budgets for m in ("random", *evaluation.FIXED_METHODS)]
     results = evaluator.run(test_loader, settings)
     main_result = results[main_setting.name]
 
     # Baselines at the policy's own budget (its mean patches kept, rounded), if not swept already.
     policy_budget = round(main_result["sparsity"])
-    if args.baselines and nets["resnet_hr"] is not None and main_setting.method == "policy":
+    if args.baselines and evaluator.resnet_hr is not None and main_setting.method == "policy":
         extra = [Setting(m, policy_budget) for m in ("random", *evaluation.FIXED_METHODS)]
         extra = [s for s in extra if s.name not in results]
         if extra:

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 
 from utils.accel import Accel
-from utils.data import build_datasets, build_loader
+from utils.cli import add_eval_args
+from utils.data import build_loader
 from utils.errors import PatchDropError
-from utils.evaluation import Evaluator, Setting, load_networks
+from utils.evaluation import Setting, load_evaluator, test_split
 from utils.policy import action_to_mask, downsample, greedy_action
 from utils.runtime import run_cli, select_device, seed_everything
 from utils.spec import get_spec
@@ -25,18 +26,10 @@ from utils.spec import get_spec
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="PatchDrop: draw the patches a policy acquires")
     add = parser.add_argument
-    add("--model", default="R32_C10")
-    add("--load", "--Load", dest="load", required=True, help="pretrain, finetune or finetune2stream checkpoint")
-    add("--ckpt_lr_cl", default=None, help="LR stream for a two-stream checkpoint (default: its own)")
-    add("--data_dir", default="data/")
+    add_eval_args(parser, load_help="pretrain, finetune or finetune2stream checkpoint",
+                  lr_help="LR stream for a two-stream checkpoint (default: its own)")
     add("--num_images", type=int, default=8)
     add("--out", default=None, help="PNG path (default: figures/policy_<model>_<stage>.png)")
-    add("--batch_size", type=int, default=256)
-    add("--num_workers", type=int, default=2)
-    add("--test_samples", type=int, default=None, help="heat map over a fixed subset of N test images")
-    add("--fake_data", action="store_true")
-    add("--no_download", action="store_true")
-    add("--device", default="auto")
     add("--seed", type=int, default=0, help="which test images are shown")
     return parser
 
@@ -66,15 +59,12 @@ def main(args: argparse.Namespace) -> str:
     device = select_device(args.device)
     if args.num_images <= 0:
         raise PatchDropError(f"--num_images must be positive, got {args.num_images}")
-    accel = Accel(argparse.Namespace(), device)
-    ckpt, nets, lr_size, fusion, penalty = load_networks(spec, args.load, args.ckpt_lr_cl, accel)
-    if nets["agent"] is None:
+    ckpt, evaluator = load_evaluator(spec, args.load, args.ckpt_lr_cl, Accel(argparse.Namespace(), device))
+    if evaluator.agent is None:
         raise PatchDropError(f"{ckpt['path']}: a {ckpt['stage']} checkpoint has no policy to draw; pass a "
                              f"pretrain, finetune or finetune2stream checkpoint")
-    _, test_set = build_datasets(spec, args.data_dir, download=not args.no_download,
-                                 fake_data=args.fake_data, train_samples=1, test_samples=args.test_samples)
-    evaluator = Evaluator(agent=nets["agent"], resnet_hr=nets["resnet_hr"], resnet_lr=nets["resnet_lr"],
-                          fusion=fusion, grid=spec.grid, lr_size=lr_size, penalty=penalty, accel=accel)
+    test_set = test_split(spec, args)
+    agent, lr_size = evaluator.agent, evaluator.lr_size
 
     # Keep frequency of each patch over the test split.
     loader = build_loader(test_set, args.batch_size, train=False, num_workers=args.num_workers,
@@ -82,7 +72,7 @@ def main(args: argparse.Namespace) -> str:
     kept, count = torch.zeros(spec.num_patches), 0
     with torch.no_grad():
         for inputs, _ in loader:
-            probs = torch.sigmoid(nets["agent"](downsample(inputs.to(device), lr_size)).float())
+            probs = torch.sigmoid(agent(downsample(inputs.to(device), lr_size)).float())
             kept += greedy_action(probs).sum(0).cpu()
             count += len(inputs)
     heat = (kept / count).reshape(spec.grid, spec.grid)
@@ -93,8 +83,8 @@ def main(args: argparse.Namespace) -> str:
     images = torch.stack([test_set[i][0] for i in picks]).to(device)
     labels = torch.tensor([int(test_set[i][1]) for i in picks], device=device)
     with torch.no_grad():
-        action = greedy_action(torch.sigmoid(nets["agent"](downsample(images, lr_size)).float()))
-        lr_logits = nets["resnet_lr"](downsample(images, lr_size)).float() if fusion else None
+        action = greedy_action(torch.sigmoid(agent(downsample(images, lr_size)).float()))
+        lr_logits = evaluator.resnet_lr(downsample(images, lr_size)).float() if evaluator.fusion else None
         predicted = evaluator.logits(Setting("policy"), images, action, lr_logits).argmax(1)
     shown = to_rgb(composite(images, action, lr_size), spec.mean, spec.std)
     names = class_names(test_set)

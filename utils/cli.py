@@ -54,6 +54,21 @@ def add_policy_args(parser: argparse.ArgumentParser) -> None:
         help="side of the LR image (default: 8 on CIFAR, 56 on ImageNet/fMoW)")
 
 
+def add_eval_args(parser: argparse.ArgumentParser, *, load_help: str, lr_help: str) -> None:
+    """The flags evaluate.py and visualize.py share: which checkpoint, which test data, where to run."""
+    add = parser.add_argument
+    add("--model", default="R32_C10", help="R32_C10, R32_C100, R50_ImgNet, R34_fMoW")
+    add("--load", "--Load", dest="load", required=True, help=load_help)
+    add("--ckpt_lr_cl", default=None, help=lr_help)
+    add("--data_dir", default="data/", help="dataset root (see data/README.md)")
+    add("--batch_size", type=int, default=256)
+    add("--num_workers", type=int, default=2)
+    add("--test_samples", type=int, default=None, help="use a fixed random subset of N test images")
+    add("--fake_data", action="store_true", help="random images of the right shape (smoke runs)")
+    add("--no_download", action="store_true", help="never download torchvision's CIFAR files")
+    add("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+
+
 def apply_defaults(args: argparse.Namespace, spec: ModelSpec, stage: str) -> None:
     """Fill the flags left at None from the spec table's defaults of ``stage``."""
     defaults = spec.stages[stage]

@@ -25,6 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from models import build_model
 
 from .checkpoint import load_checkpoint, load_weights
+from .data import build_datasets
 from .errors import PatchDropError
 from .metrics import PolicyStats
 from .policy import compute_reward, downsample, fuse_logits, greedy_action, mask_image
@@ -154,23 +155,21 @@ class Evaluator:
         return {"total": sum(flops.values()), **flops}
 
 
-def load_networks(spec, load: str, ckpt_lr_cl: str | None, accel):
-    """The networks of the checkpoint ``load`` of any stage (and of the LR classifier ``ckpt_lr_cl``),
-    prepared on ``accel``'s device for evaluation. Returns (checkpoint, {"agent", "resnet_hr",
-    "resnet_lr"}: module or None, LR size, two-stream fusion or None, penalty)."""
+def load_evaluator(spec, load: str, ckpt_lr_cl: str | None, accel, seed: int = 0) -> tuple[dict, Evaluator]:
+    """An Evaluator of the networks of checkpoint ``load`` (any stage), with the LR classifier of
+    ``ckpt_lr_cl`` when given, prepared on ``accel``'s device; and the checkpoint itself."""
     ckpt = load_checkpoint(load, stages=STAGES, model=spec.name)
     stage, saved = ckpt["stage"], ckpt["args"]
     lr_size = saved.get("lr_size") or (saved.get("img_size") if stage == "classifier_lr" else None)
     lr_size = lr_size or spec.lr_size
+    if stage.startswith("classifier"):
+        keys = {"resnet_hr" if stage == "classifier_hr" else "resnet_lr": "state_dict"}
+    else:  # policy checkpoints store each network under its own name
+        keys = {name: name for name in ("agent", "resnet_hr", "resnet_lr") if ckpt.get(name) is not None}
     nets = {"agent": None, "resnet_hr": None, "resnet_lr": None}
-    key_of = {"classifier_hr": {"resnet_hr": "state_dict"}, "classifier_lr": {"resnet_lr": "state_dict"},
-              "pretrain": {"agent": "agent", "resnet_hr": "resnet_hr"},
-              "finetune": {"agent": "agent", "resnet_hr": "resnet_hr"},
-              "finetune2stream": {"agent": "agent", "resnet_hr": "resnet_hr", "resnet_lr": "resnet_lr"}}
-    for name, key in key_of[stage].items():
-        arch, outputs = ((spec.policy_arch, spec.num_patches) if name == "agent"
-                         else (spec.classifier_arch, spec.num_classes))
-        nets[name] = build_model(arch, outputs)
+    for name, key in keys.items():
+        nets[name] = build_model(*((spec.policy_arch, spec.num_patches) if name == "agent"
+                                   else (spec.classifier_arch, spec.num_classes)))
         load_weights(nets[name], ckpt, key)
     if ckpt_lr_cl:
         lr_ckpt = load_checkpoint(ckpt_lr_cl, stages=("classifier_lr",), model=spec.name)
@@ -181,9 +180,18 @@ def load_networks(spec, load: str, ckpt_lr_cl: str | None, accel):
         load_weights(nets["resnet_lr"], lr_ckpt, "state_dict")
     nets = {k: accel.prepare(v.requires_grad_(False), trainable=False) if v is not None else None
             for k, v in nets.items()}
-    fusion = saved.get("fusion", "sum") if stage == "finetune2stream" else None
-    penalty = saved.get("penalty") or spec.stages["finetune"].penalty
-    return ckpt, nets, lr_size, fusion, penalty
+    evaluator = Evaluator(**nets, fusion=saved.get("fusion", "sum") if stage == "finetune2stream" else None,
+                          grid=spec.grid, lr_size=lr_size,
+                          penalty=saved.get("penalty") or spec.stages["finetune"].penalty, accel=accel,
+                          seed=seed)
+    return ckpt, evaluator
+
+
+def test_split(spec, args):
+    """The test dataset of an evaluation command's --data_dir, --no_download, --fake_data and
+    --test_samples (the same fixed subset the training stages used)."""
+    return build_datasets(spec, args.data_dir, download=not args.no_download, fake_data=args.fake_data,
+                          train_samples=1, test_samples=args.test_samples)[1]
 
 
 def count_flops(net, size: int, device) -> int:
