@@ -19,7 +19,6 @@ import time
 from itertools import islice
 from pathlib import Path
 
-import torch
 
 from utils import evaluation
 from utils.accel import Accel
@@ -27,7 +26,7 @@ from utils.cli import add_eval_args
 from utils.data import build_loader
 from utils.errors import PatchDropError
 from utils.evaluation import Evaluator, Setting, load_evaluator, test_split
-from utils.runtime import run_cli, select_device, seed_everything
+from utils.runtime import device_name, run_cli, select_device, seed_everything, synchronize
 from utils.spec import get_spec
 
 MAIN_SETTING = {"classifier_hr": "full_hr", "classifier_lr": "lr_only", "pretrain": "policy",
@@ -69,30 +68,23 @@ def measure_speed(evaluator: Evaluator, setting: Setting, loader, num_batches: i
     """Images per second of the setting's whole pipeline on batches held in memory, and the latency of
     one image (median of 20 runs), on ``device``."""
     batches = [(x.to(device), y.to(device)) for x, y in islice(iter(loader), num_batches)]
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     evaluator.run(batches[:1], [setting])  # warm-up
-    sync()
+    synchronize(device)
     start = time.perf_counter()
     evaluator.run(batches, [setting])
-    sync()
+    synchronize(device)
     images = sum(len(y) for _, y in batches)
     rate = images / (time.perf_counter() - start)
     single = [(batches[0][0][:1], batches[0][1][:1])]
     times = []
     for _ in range(20):
-        sync()
+        synchronize(device)
         start = time.perf_counter()
         evaluator.run(single, [setting])
-        sync()
+        synchronize(device)
         times.append(time.perf_counter() - start)
     return {"images_per_second": rate, "latency_ms": 1000 * statistics.median(times),
             "speed_batch_size": len(batches[0][1])}
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU, {torch.get_num_threads()} threads"
 
 
 def write_csv(path: str, rows: list[dict]) -> None:

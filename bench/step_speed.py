@@ -13,7 +13,6 @@ This is a benchmark, not a test: nothing is asserted.
 import argparse
 import copy
 import json
-import platform
 import statistics
 import time
 from types import SimpleNamespace
@@ -27,7 +26,7 @@ import pretrain
 from bench import reference
 from models import build_model
 from utils.accel import Accel
-from utils.runtime import select_device
+from utils.runtime import device_name, select_device, synchronize
 from utils.spec import get_spec
 
 STAGES = ("classifier_hr", "classifier_lr", "pretrain", "finetune", "finetune2stream")
@@ -50,16 +49,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def build_steps(stage: str, spec, batch: tuple, accel: Accel, device: torch.device, batched: bool | None):
     """(ours, reference): two closures running one training step of ``stage`` each."""
     inputs, targets = batch
-    policy = dict(penalty=spec.stages.get(stage, spec.stages["finetune"]).penalty or -0.5,
-                  alpha=0.8, lr_size=spec.lr_size)
+    defaults = spec.stages[stage]
+    policy = dict(penalty=defaults.penalty, alpha=defaults.alpha, lr_size=spec.lr_size)
     grid = spec.grid
 
     def nets(*archs):
@@ -127,12 +121,6 @@ def measure(steps: dict, args, device) -> dict:
         for name in names[rep % len(names):] + names[:rep % len(names)]:
             results[name].append(timed(steps[name], args.steps, args.batch_size, device))
     return results
-
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
 
 
 def main(args: argparse.Namespace) -> list[dict]:

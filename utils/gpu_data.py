@@ -54,16 +54,12 @@ class DeviceLoader:
         self.std = torch.tensor(spec.std, device=device)[:, None, None]
         self.generator = torch.Generator().manual_seed(seed)  # data order and augmentation
         self.dataset = self.labels  # len(loader.dataset): the number of images of the split
-        self.epoch = 0
 
     @classmethod
     def from_dataset(cls, dataset: Dataset, spec: ModelSpec, batch_size: int, *, train: bool,
                      device: torch.device, seed: int, num_workers: int = 0) -> "DeviceLoader":
         images, labels = stack_images(dataset, num_workers)
         return cls(images, labels, spec, batch_size, train=train, device=device, seed=seed)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
 
     def _indices(self) -> torch.Tensor:
         n = len(self.labels)

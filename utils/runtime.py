@@ -2,6 +2,7 @@
 every random number generator, and the command-line entry point."""
 import argparse
 import json
+import platform
 import random
 import sys
 from argparse import Namespace
@@ -81,6 +82,19 @@ def select_device(name: str) -> torch.device:
     return device
 
 
+def device_name(device: torch.device) -> str:
+    """The device in words, for reports: the GPU's name, or the CPU and its thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (timings); nothing to wait for on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def plain_args(args: Namespace) -> dict:
     """The arguments as a dict of plain values (str, numbers, bools, None, lists), for JSON and for
     checkpoints that ``torch.load(weights_only=True)`` can read."""
@@ -142,14 +156,12 @@ class Run:
         return []
 
     def epochs(self):
-        """The epochs still to run; tells a distributed sampler (or --gpu_data loader) which epoch it
-        is, so each epoch has its own data order."""
+        """The epochs still to run; tells a DistributedSampler which epoch it is, so each epoch has
+        its own data order (other loaders draw it from their generator)."""
         for epoch in range(self.start_epoch, self.args.max_epochs):
-            loader = self.train_loader
-            if hasattr(loader, "set_epoch"):
-                loader.set_epoch(epoch)
-            elif hasattr(getattr(loader, "sampler", None), "set_epoch"):
-                loader.sampler.set_epoch(epoch)
+            sampler = getattr(self.train_loader, "sampler", None)
+            if hasattr(sampler, "set_epoch"):
+                sampler.set_epoch(epoch)
             yield epoch
 
     def is_test_epoch(self, epoch: int) -> bool:
