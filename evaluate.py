@@ -146,6 +146,16 @@ def main(args: argparse.Namespace) -> dict:
     if evaluator.agent is None and (args.thresholds or budgets):
         raise PatchDropError(f"--thresholds and --budgets sweep a policy; {ckpt['path']} is a {stage} "
                              f"checkpoint without one")
+    curriculum_note = None
+    if evaluator.learned is not None:
+        learned = int(evaluator.learned.sum())
+        if budgets:
+            raise PatchDropError(f"{ckpt['path']}: saved in the curriculum phase of pretrain.py (epoch "
+                                 f"{ckpt['epoch']}: patches 0..{learned - 1} learned), so its policy "
+                                 f"cannot rank all patches; drop --budgets, or evaluate a checkpoint of "
+                                 f"epoch {spec.num_patches - 1} or later")
+        curriculum_note = (f"note: curriculum checkpoint (epoch {ckpt['epoch']}): patches {learned}.."
+                           f"{spec.num_patches - 1} are kept, as pretrain.py's test did at that epoch")
     test_loader = build_loader(test_split(spec, args), args.batch_size, train=False,
                                num_workers=args.num_workers, device=device, seed=args.seed)
 
@@ -177,10 +187,11 @@ def main(args: argparse.Namespace) -> dict:
         "model": spec.name, "checkpoint": ckpt["path"], "stage": stage, "epoch": ckpt["epoch"],
         "setting": main_setting.name, "test_images": len(test_loader.dataset),
         **{k: main_result[k] for k in ("accuracy", "sparsity", "variance", "unique_policies", "reward")},
-        "hr_pixel_fraction": main_result["sparsity"] / spec.num_patches,
+        "hr_pixel_fraction": main_result["sparsity"] / spec.num_patches, "penalty": evaluator.penalty,
         "flops_per_image": flops, **speed, "device": device_name(device),
         "options": {"amp": accel.amp, "channels_last": accel.channels_last},
         "policy_budget": policy_budget if main_setting.method == "policy" else None,
+        "curriculum_learned_patches": int(evaluator.learned.sum()) if evaluator.learned is not None else None,
         "settings": {s.name: {"method": s.method, "setting": s.value, **results[s.name]} for s in settings},
     }
     rows = evaluation.sweep_rows(results, settings)
@@ -197,7 +208,7 @@ def main(args: argparse.Namespace) -> dict:
     breakdown = ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in flops.items() if k != "total")
     print(f"FLOPs per image: {flops['total'] / 1e6:.2f} M ({breakdown}); {speed['images_per_second']:.0f} "
           f"images/s at batch {speed['speed_batch_size']}, latency {speed['latency_ms']:.1f} ms per image")
-    for line in accel.notes:
+    for line in accel.notes + ([curriculum_note] if curriculum_note else []):
         print(line)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -3,9 +3,9 @@
 Initializes the policy from a pretrain checkpoint (--load) and the HR classifier from stage 1
 (--ckpt_hr_cl; without it, the HR classifier stored in the --load checkpoint). Both train with one Adam:
 the REINFORCE loss summed over patches and averaged over the batch, plus the cross-entropy of the
-classifier on the image masked by the sampled action. Writes to --cv_dir: ckpt_last.pt / ckpt_best.pt
-(stage "finetune", weights "agent" and "resnet_hr"; best = test reward), metrics.jsonl, TensorBoard
-logs under log/, args.json.
+classifier on the image masked by the sampled action. Writes to --cv_dir: ckpt_last.pt (the checkpoint
+the next stage loads) and ckpt_best.pt (stage "finetune", weights "agent" and "resnet_hr"; best = test
+reward), metrics.jsonl, TensorBoard logs under log/, args.json.
 
     python finetune.py --model R32_C10 --lr 1e-4 --cv_dir cv/c10_ft --batch_size 128 --load cv/c10_pt --ckpt_hr_cl cv/c10_hr --penalty -10
 """
@@ -25,7 +25,7 @@ from utils.data import build_loaders
 from utils.metrics import PolicyStats, console_lines, prefixed
 from utils.policy import (bound_probs, compute_reward, downsample, greedy_action, mask_image,
                           reinforce_loss, sample_action)
-from utils.runtime import Run, load_resume, run_cli, run_summary, setup
+from utils.runtime import Run, run_cli, run_summary, setup
 
 STAGE = "finetune"
 
@@ -68,8 +68,8 @@ def train_step(agent, resnet_hr, inputs, targets, optimizer, accel: Accel, *, pe
 def train_one_epoch(agent, resnet_hr, loader, optimizer, accel: Accel, *, penalty: float, alpha: float,
                     lr_size: int) -> dict:
     agent.train()
-    # DEVIATION: the HR classifier trains with batch-norm in train mode; the authors' finetune kept
-    # it in eval mode while updating its weights (their two-stream script used train mode).
+    # The HR classifier trains with batch-norm in train mode, as in the authors' final code (only their
+    # 2019 finetune kept it in eval mode; method.md).
     resnet_hr.train()
     stats = PolicyStats()
     for inputs, targets in tqdm(loader, desc="train", leave=False, disable=None):
@@ -98,11 +98,10 @@ def evaluate(agent, resnet_hr, loader, accel: Accel, *, penalty: float, lr_size:
 
 
 def main(args: argparse.Namespace) -> dict:
-    spec, device = setup(args, STAGE)
+    spec, device, resume = setup(args, STAGE)
 
     agent = build_model(spec.policy_arch, spec.num_patches)
     resnet_hr = build_model(spec.classifier_arch, spec.num_classes)
-    resume = load_resume(args, STAGE)
     if resume:
         load_all_weights({"agent": agent, "resnet_hr": resnet_hr}, resume)
     else:

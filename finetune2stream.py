@@ -3,7 +3,7 @@
 As stage 3, with a frozen LR classifier (--ckpt_lr_cl, from ``classifier_training.py --mode lr``)
 added: the logits are f_h(masked HR image) + f_l(LR image) (``--fusion sum``) or weighted by the kept
 fraction r and 1 - r (``--fusion ratio``); reward and cross-entropy use the fused logits. The policy and
-HR classifier start from a finetune checkpoint (--load). Writes to --cv_dir: ckpt_last.pt /
+HR classifier start from a finetune checkpoint (--load). Writes to --cv_dir: ckpt_last.pt and
 ckpt_best.pt (stage "finetune2stream", weights "agent", "resnet_hr" and "resnet_lr"; best = test
 reward), metrics.jsonl, TensorBoard logs under log/, args.json.
 
@@ -26,7 +26,7 @@ from utils.errors import PatchDropError
 from utils.metrics import PolicyStats, console_lines, prefixed
 from utils.policy import (bound_probs, compute_reward, downsample, fuse_logits, greedy_action,
                           mask_image, reinforce_loss, sample_action)
-from utils.runtime import Run, load_resume, run_cli, run_summary, setup
+from utils.runtime import Run, run_cli, run_summary, setup
 
 STAGE = "finetune2stream"
 
@@ -40,8 +40,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ckpt_lr_cl", default=None, help="LR classifier checkpoint (required)")
     add_common_args(parser)
     add_policy_args(parser)
-    parser.add_argument("--fusion", choices=("sum", "ratio"), default="sum",
-                        help="sum: f_h + f_l; ratio: r f_h + (1 - r) f_l, r = fraction of patches kept")
+    parser.add_argument("--fusion", choices=("sum", "ratio"), default=None,
+                        help="sum (default): f_h + f_l; ratio: r f_h + (1 - r) f_l, r = fraction of patches kept")
     return parser
 
 
@@ -121,12 +121,11 @@ def load_lr_classifier(resnet_lr, path: str | None, spec, lr_size: int) -> None:
 
 
 def main(args: argparse.Namespace) -> dict:
-    spec, device = setup(args, STAGE)
+    spec, device, resume = setup(args, STAGE)
 
     agent = build_model(spec.policy_arch, spec.num_patches)
     resnet_hr = build_model(spec.classifier_arch, spec.num_classes)
     resnet_lr = build_model(spec.classifier_arch, spec.num_classes)
-    resume = load_resume(args, STAGE)
     if resume:
         load_all_weights({"agent": agent, "resnet_hr": resnet_hr, "resnet_lr": resnet_lr}, resume)
     else:

@@ -2,9 +2,9 @@
 
 The policy sees the LR image and picks HR patches; the HR classifier of stage 1 (--ckpt_hr_cl) is
 frozen (eval mode, no gradients) and only scores the masked images. Only the policy trains (Adam), with
-the self-critical REINFORCE loss averaged over batch and patches. Writes to --cv_dir: ckpt_last.pt /
-ckpt_best.pt (stage "pretrain", weights "agent" and the frozen "resnet_hr"; best = test reward),
-metrics.jsonl, TensorBoard logs under log/, args.json.
+the self-critical REINFORCE loss averaged over batch and patches. Writes to --cv_dir: ckpt_last.pt (the
+checkpoint the next stage loads) and ckpt_best.pt (stage "pretrain", weights "agent" and the frozen
+"resnet_hr"; best = test reward), metrics.jsonl, TensorBoard logs under log/, args.json.
 
     python pretrain.py --model R32_C10 --lr 1e-4 --cv_dir cv/c10_pt --batch_size 1024 --penalty -0.5 --ckpt_hr_cl cv/c10_hr
 """
@@ -21,7 +21,7 @@ from utils.data import build_loaders
 from utils.metrics import PolicyStats, console_lines, prefixed
 from utils.policy import (apply_curriculum, bound_probs, compute_reward, curriculum_learned, downsample,
                           greedy_action, mask_image, reinforce_loss, sample_action)
-from utils.runtime import Run, load_resume, run_cli, run_summary, setup
+from utils.runtime import Run, run_cli, run_summary, setup
 
 STAGE = "pretrain"
 
@@ -31,9 +31,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ckpt_hr_cl", default=None, help="HR classifier checkpoint (file or run dir)")
     add_common_args(parser)
     add_policy_args(parser)
-    # DEVIATION: the authors' pretrain always ran this curriculum; method.md makes it opt-in.
-    parser.add_argument("--curriculum", action="store_true",
-                        help="at epoch e < P learn only patches 0..e, keeping the others")
+    # Not in the authors' final pretrain; their earlier commit 1df48e5 always ran it (method.md).
+    parser.add_argument("--curriculum", action="store_true", default=None,
+                        help="at epoch e < P learn only patches 0..e, keeping the others (off by default)")
     return parser
 
 
@@ -96,11 +96,10 @@ def evaluate(agent, resnet_hr, loader, accel: Accel, *, penalty: float, lr_size:
 
 
 def main(args: argparse.Namespace) -> dict:
-    spec, device = setup(args, STAGE)
+    spec, device, resume = setup(args, STAGE)
 
     agent = build_model(spec.policy_arch, spec.num_patches)
     resnet_hr = build_model(spec.classifier_arch, spec.num_classes)
-    resume = load_resume(args, STAGE)
     if resume:
         load_all_weights({"agent": agent, "resnet_hr": resnet_hr}, resume)
     else:

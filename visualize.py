@@ -18,7 +18,7 @@ from utils.cli import add_eval_args
 from utils.data import build_loader
 from utils.errors import PatchDropError
 from utils.evaluation import Setting, load_evaluator, test_split
-from utils.policy import action_to_mask, downsample, greedy_action
+from utils.policy import action_to_mask, downsample
 from utils.runtime import run_cli, select_device, seed_everything
 from utils.spec import get_spec
 
@@ -65,6 +65,7 @@ def main(args: argparse.Namespace) -> str:
                              f"pretrain, finetune or finetune2stream checkpoint")
     test_set = test_split(spec, args)
     agent, lr_size = evaluator.agent, evaluator.lr_size
+    policy = Setting("policy")  # the greedy action (with a curriculum checkpoint's forced patches)
 
     # Keep frequency of each patch over the test split.
     loader = build_loader(test_set, args.batch_size, train=False, num_workers=args.num_workers,
@@ -73,7 +74,7 @@ def main(args: argparse.Namespace) -> str:
     with torch.no_grad():
         for inputs, _ in loader:
             probs = torch.sigmoid(agent(downsample(inputs.to(device), lr_size)).float())
-            kept += greedy_action(probs).sum(0).cpu()
+            kept += evaluator.action(policy, probs, len(inputs), device, None).sum(0).cpu()
             count += len(inputs)
     heat = (kept / count).reshape(spec.grid, spec.grid)
 
@@ -83,9 +84,10 @@ def main(args: argparse.Namespace) -> str:
     images = torch.stack([test_set[i][0] for i in picks]).to(device)
     labels = torch.tensor([int(test_set[i][1]) for i in picks], device=device)
     with torch.no_grad():
-        action = greedy_action(torch.sigmoid(agent(downsample(images, lr_size)).float()))
+        probs = torch.sigmoid(agent(downsample(images, lr_size)).float())
+        action = evaluator.action(policy, probs, len(images), device, None)
         lr_logits = evaluator.resnet_lr(downsample(images, lr_size)).float() if evaluator.fusion else None
-        predicted = evaluator.logits(Setting("policy"), images, action, lr_logits).argmax(1)
+        predicted = evaluator.logits(policy, images, action, lr_logits).argmax(1)
     shown = to_rgb(composite(images, action, lr_size), spec.mean, spec.std)
     names = class_names(test_set)
     name = (lambda k: names[k] if names and k < len(names) else str(k))  # noqa: E731

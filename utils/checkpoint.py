@@ -15,7 +15,10 @@ A checkpoint is a plain dict that ``torch.load(weights_only=True)`` can read:
     rng             the state of every random generator at the end of the epoch (runtime.capture_rng),
                     so --resume continues bit-for-bit; None in checkpoints written outside a run
 
-Each run directory holds ``ckpt_last.pt`` (every epoch) and ``ckpt_best.pt`` (best test score).
+Each run directory holds ``ckpt_last.pt`` (every epoch) and ``ckpt_best.pt`` (best test score). A run
+directory given where a checkpoint is expected means its ``ckpt_last.pt``: the authors' README says
+"load from the latest checkpoint", and there is no validation split, so a checkpoint picked by its test
+score would inflate every number measured downstream. ``ckpt_best.pt`` is read only when named as a file.
 """
 import io
 import pickle
@@ -68,8 +71,8 @@ def save_checkpoint(paths: Path | list[Path], *, stage: str, model: str, epoch: 
         write_atomically(path, buffer.getbuffer())
 
 
-def resolve_checkpoint(path: str | Path, default_name: str = BEST) -> Path:
-    """A checkpoint argument is a file, or a run directory meaning its ``default_name``."""
+def resolve_checkpoint(path: str | Path, default_name: str = LAST) -> Path:
+    """A checkpoint argument is a file, or a run directory meaning its ``default_name`` (the latest)."""
     path = Path(path)
     if path.is_dir():
         path = path / default_name
@@ -96,18 +99,18 @@ def _safe_load(path: Path):
                              f" {reason}") from None
 
 
-def load_checkpoint(path: str | Path, *, stages: tuple[str, ...], model: str,
-                    default_name: str = BEST) -> dict:
+def load_checkpoint(path: str | Path, *, stages: tuple[str, ...], model: str | None,
+                    default_name: str = LAST) -> dict:
     """Load a checkpoint written by save_checkpoint, refusing anything else.
 
     ``path`` is a file or a run directory (its ``default_name``). The file is read with
     ``weights_only=True``, so a pickle that would run code is refused, not executed. The stage must be
-    one of ``stages`` and the model equal to ``model``; otherwise the message names the file, what was
-    expected and what was found.
+    one of ``stages`` and the model equal to ``model`` (any model when None); otherwise the message
+    names the file, what was expected and what was found.
     """
     path = resolve_checkpoint(path, default_name)
     ckpt = _safe_load(path)
-    what = f"a {' or '.join(stages)} checkpoint for --model {model}"
+    what = f"a {' or '.join(stages)} checkpoint" + (f" for --model {model}" if model else "")
     if not isinstance(ckpt, dict) or any(key not in ckpt for key in REQUIRED_KEYS):
         found = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
         raise PatchDropError(f"{path}: expected {what}, found an object without the PatchDrop checkpoint "
@@ -115,7 +118,7 @@ def load_checkpoint(path: str | Path, *, stages: tuple[str, ...], model: str,
     if ckpt["format_version"] != FORMAT_VERSION:
         raise PatchDropError(f"{path}: checkpoint format {ckpt['format_version']}, this code reads "
                              f"format {FORMAT_VERSION}")
-    if ckpt["stage"] not in stages or ckpt["model"] != model:
+    if ckpt["stage"] not in stages or model not in (None, ckpt["model"]):
         raise PatchDropError(f"{path}: expected {what}, found a {ckpt['stage']} checkpoint for "
                              f"--model {ckpt['model']}")
     ckpt["path"] = str(path)  # for the messages of load_weights

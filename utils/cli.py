@@ -13,21 +13,21 @@ from .spec import ModelSpec
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     """The flags of all four scripts. A default of None means: from the spec table for --model."""
     add = parser.add_argument
-    add("--model", default="R32_C10", help="dataset and architecture: R32_C10, R32_C100, R50_ImgNet, "
-                                           "R34_fMoW")
+    add("--model", default=None, help="dataset and architecture: R32_C10 (default), R32_C100, R50_ImgNet, "
+                                      "R34_fMoW")
     add("--data_dir", default="data/", help="dataset root (see data/README.md)")
     add("--cv_dir", default="cv/tmp/", help="run directory: checkpoints, metrics, TensorBoard logs")
     add("--lr", type=float, default=None, help="learning rate (default: the paper's, per stage)")
     add("--batch_size", type=int, default=None, help="batch size (default: the paper's, per stage)")
     add("--max_epochs", type=int, default=None, help="epochs to train (default: per stage, README)")
-    add("--test_interval", type=int, default=10, help="test every N epochs (from epoch 0) and after the last")
+    add("--test_interval", type=int, default=5, help="test every N epochs (from epoch 0) and after the last")
     add("--num_workers", type=int, default=min(4, os.cpu_count() or 1),
         help="DataLoader worker processes (default: 4, or the number of CPUs if fewer)")
     add("--seed", type=int, default=0, help="seed of weights, sampling and data order")
     add("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     add("--resume", nargs="?", const="", default=None, metavar="CKPT",
         help="continue this stage from a checkpoint file or run directory (its ckpt_last.pt); "
-             "with no value, from --cv_dir")
+             "with no value, from --cv_dir. Flags not given are taken from the checkpoint")
     add("--overwrite", action="store_true", help="start over in a --cv_dir that already holds a run")
     add("--train_samples", type=int, default=None, help="train on a fixed random subset of N images")
     add("--test_samples", type=int, default=None, help="test on a fixed random subset of N images")
@@ -69,12 +69,28 @@ def add_eval_args(parser: argparse.ArgumentParser, *, load_help: str, lr_help: s
     add("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
 
 
+# Defaults that do not depend on --model. They are filled in after --resume has taken the flags not
+# given from the checkpoint, so a resumed run keeps the settings it was started with.
+FIXED_DEFAULTS = {"model": "R32_C10", "mode": "hr", "curriculum": False, "fusion": "sum"}
+
+
+def apply_fixed_defaults(args: argparse.Namespace) -> None:
+    """Fill the flags of FIXED_DEFAULTS left at None (--model among them, so the spec can be chosen)."""
+    for name, value in FIXED_DEFAULTS.items():
+        if getattr(args, name, False) is None:
+            setattr(args, name, value)
+
+
 def apply_defaults(args: argparse.Namespace, spec: ModelSpec, stage: str) -> None:
     """Fill the flags left at None from the spec table's defaults of ``stage``."""
     defaults = spec.stages[stage]
-    for name in ("lr", "batch_size", "max_epochs", "penalty", "alpha"):
+    for name in ("lr", "batch_size", "max_epochs", "penalty", "alpha", "optimizer"):
         if hasattr(args, name) and getattr(args, name) is None:
             setattr(args, name, getattr(defaults, name))
+    if hasattr(args, "wd") and args.wd is None:
+        args.wd = defaults.weight_decay
+    if hasattr(args, "lr_milestones") and args.lr_milestones is None:
+        args.lr_milestones = list(defaults.lr_milestones)
     if hasattr(args, "lr_size") and args.lr_size is None:
         args.lr_size = spec.lr_size
     if hasattr(args, "img_size") and args.img_size is None:  # classifier stage: by --mode

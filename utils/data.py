@@ -13,6 +13,7 @@ that cannot be decoded is an error naming it). ``fake_data=True`` serves random 
 shape instead, for smoke runs.
 """
 import csv
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -41,6 +42,17 @@ def load_rgb(path: str | Path) -> Image.Image:
             return image.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise PatchDropError(f"cannot read image {path}: {err}; remove or replace the file") from None
+
+
+def load_rgb_of_size(path: str | Path, size: int) -> Image.Image:
+    """``load_rgb`` for a split whose transform does not resize (CIFAR): an image that is not
+    ``size`` x ``size`` raises a PatchDropError naming the file and both sizes, instead of failing later
+    in the batch collation (or being cropped silently)."""
+    image = load_rgb(path)
+    if image.size != (size, size):
+        raise PatchDropError(f"image {path} is {image.size[0]}x{image.size[1]} pixels, expected "
+                             f"{size}x{size}; remove or resize the file")
+    return image
 
 
 def build_transform(spec: ModelSpec, train: bool) -> transforms.Compose:
@@ -80,6 +92,8 @@ def _layout_help(spec: ModelSpec, data_dir: Path) -> str:
 
 
 def _image_folders(spec: ModelSpec, root: Path, transform_train, transform_test) -> tuple[Dataset, Dataset]:
+    # CIFAR's transforms never resize, so every image must already have the HR size.
+    loader = partial(load_rgb_of_size, size=spec.hr_size) if spec.dataset in TORCHVISION_CLASSES else load_rgb
     splits = {}
     for split, transform in (("train", transform_train), ("test", transform_test)):
         folder = root / split
@@ -87,7 +101,7 @@ def _image_folders(spec: ModelSpec, root: Path, transform_train, transform_test)
             raise PatchDropError(f"{root} has no '{split}' folder: expected {root}/train/<class>/* and "
                                  f"{root}/test/<class>/*")
         try:
-            splits[split] = datasets.ImageFolder(str(folder), transform=transform, loader=load_rgb)
+            splits[split] = datasets.ImageFolder(str(folder), transform=transform, loader=loader)
         except (FileNotFoundError, RuntimeError) as err:
             # ImageFolder raises when a folder has no classes or a class folder has no images.
             raise PatchDropError(f"{folder}: {str(err).strip().splitlines()[0]}") from None

@@ -28,7 +28,8 @@ from .checkpoint import load_checkpoint, load_weights
 from .data import build_datasets
 from .errors import PatchDropError
 from .metrics import PolicyStats
-from .policy import compute_reward, downsample, fuse_logits, greedy_action, mask_image
+from .policy import (apply_curriculum, compute_reward, curriculum_learned, downsample, fuse_logits,
+                     greedy_action, mask_image)
 from .spec import STAGES
 
 POLICY_METHODS = ("policy", "threshold", "budget")  # settings that need the policy network
@@ -84,23 +85,25 @@ def fixed_action(method: str, grid: int, batch: int, k: int, device: torch.devic
 class Evaluator:
     """Scores settings with the networks of one checkpoint: ``agent`` may be None (classifier
     checkpoints), ``resnet_hr`` None for an LR classifier alone; ``resnet_lr`` is fused with the HR
-    logits when ``fusion`` is set (two-stream) and used alone by ``lr_only``."""
+    logits when ``fusion`` is set (two-stream) and used alone by ``lr_only``. ``learned`` [P] is the
+    curriculum mask of a pretrain checkpoint saved during its curriculum phase: its policy and threshold
+    actions keep the patches not learned yet, as pretrain.py's test did (None: all patches learned)."""
 
     def __init__(self, *, agent, resnet_hr, resnet_lr, fusion: str | None, grid: int, lr_size: int,
-                 penalty: float, accel, seed: int = 0):
+                 penalty: float, accel, seed: int = 0, learned: torch.Tensor | None = None):
         self.agent, self.resnet_hr, self.resnet_lr = agent, resnet_hr, resnet_lr
         self.fusion, self.grid, self.lr_size, self.penalty = fusion, grid, lr_size, penalty
         self.accel, self.seed = accel, seed
+        self.learned = learned.to(accel.device) if learned is not None else None
         for net in (agent, resnet_hr, resnet_lr):
             if net is not None:
                 net.eval()
 
     def action(self, setting: Setting, probs: torch.Tensor | None, batch: int, device, generator):
         method, value, patches = setting.method, setting.value, self.grid ** 2
-        if method == "policy":
-            return greedy_action(probs)
-        if method == "threshold":
-            return (probs >= value).float()
+        if method in ("policy", "threshold"):
+            action = greedy_action(probs) if method == "policy" else (probs >= value).float()
+            return action if self.learned is None else apply_curriculum(action, self.learned)
         if method == "budget":
             return topk_action(probs, int(value))
         if method == "random":
@@ -183,8 +186,17 @@ def load_evaluator(spec, load: str, ckpt_lr_cl: str | None, accel, seed: int = 0
     evaluator = Evaluator(**nets, fusion=saved.get("fusion", "sum") if stage == "finetune2stream" else None,
                           grid=spec.grid, lr_size=lr_size,
                           penalty=saved.get("penalty") or spec.stages["finetune"].penalty, accel=accel,
-                          seed=seed)
+                          seed=seed, learned=curriculum_of(ckpt, spec.num_patches))
     return ckpt, evaluator
+
+
+def curriculum_of(ckpt: dict, num_patches: int) -> torch.Tensor | None:
+    """The curriculum mask [P] a pretrain checkpoint was tested with (pretrain.py --curriculum, saved
+    after epoch e < P: only patches 0..e learned), or None when all patches were learned."""
+    epoch = ckpt["epoch"]
+    if ckpt["stage"] != "pretrain" or not ckpt["args"].get("curriculum") or epoch >= num_patches:
+        return None
+    return curriculum_learned(epoch, num_patches)
 
 
 def test_split(spec, args):

@@ -14,23 +14,55 @@ import torch
 
 from . import distributed
 from .checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
-from .cli import apply_defaults, check_args
+from .cli import apply_defaults, apply_fixed_defaults, check_args
 from .errors import PatchDropError, error_line
 from .files import write_atomically
 from .metrics import MetricsLogger, check_finite
-from .spec import ModelSpec, get_spec
+from .spec import STAGES, ModelSpec, get_spec
+
+# The flags that define what a stage optimizes. --resume refuses to change them: a run that continued
+# with another penalty or image size would report one objective and have trained another.
+OBJECTIVE_FLAGS = ("model", "mode", "img_size", "penalty", "alpha", "lr_size", "curriculum", "fusion",
+                   "optimizer")
 
 
-def setup(args: Namespace, stage: str) -> tuple[ModelSpec, torch.device]:
-    """Common start of every stage: the spec of --model, defaults filled in from it, flags checked,
-    seeds set and the device chosen."""
+def setup(args: Namespace, stage: str | Callable[[Namespace], str]
+          ) -> tuple[ModelSpec, torch.device, dict | None]:
+    """Common start of every stage: the --resume checkpoint (None without the flag), whose arguments
+    fill the flags not given; the spec of --model and the defaults filled in from it; flags checked,
+    seeds set and the device chosen. ``stage`` may depend on the arguments (classifier: --mode)."""
+    resume = load_resume(args)
+    if resume:
+        inherit_args(args, resume)
+    apply_fixed_defaults(args)
+    stage = stage(args) if callable(stage) else stage
+    if resume and resume["stage"] != stage:
+        raise PatchDropError(f"{resume['path']}: --resume needs a {stage} checkpoint, found a "
+                             f"{resume['stage']} checkpoint")
     spec = get_spec(args.model)
     apply_defaults(args, spec, stage)
     check_args(args, spec)
     device = distributed.init_distributed(args.device) or select_device(args.device)
     # Under torchrun each process draws its own samples; DDP gives all of them rank 0's weights.
     seed_everything(args.seed + distributed.rank())
-    return spec, device
+    return spec, device, resume
+
+
+def inherit_args(args: Namespace, ckpt: dict) -> None:
+    """On --resume: refuse a flag of OBJECTIVE_FLAGS given with another value than the checkpoint's
+    (naming each with both values), and take every flag left at None from the checkpoint's args."""
+    saved = {**ckpt["args"], "model": ckpt["model"]}
+    changed = [f"--{name} {saved[name]} in the checkpoint, {getattr(args, name)} given"
+               for name in OBJECTIVE_FLAGS
+               if getattr(args, name, None) is not None and saved.get(name) is not None
+               and getattr(args, name) != saved[name]]
+    if changed:
+        raise PatchDropError(f"{ckpt['path']}: --resume cannot change what the run optimizes: "
+                             f"{'; '.join(changed)}; drop these flags to continue the run, or start a "
+                             f"new one in another --cv_dir")
+    for name, value in vars(args).items():
+        if value is None and name != "resume" and saved.get(name) is not None:
+            setattr(args, name, saved[name])
 
 
 def seed_everything(seed: int) -> None:
@@ -201,13 +233,12 @@ class Run:
             self.logger.close()
 
 
-def load_resume(args: Namespace, stage: str) -> dict | None:
+def load_resume(args: Namespace) -> dict | None:
     """The checkpoint --resume points to (a file, a run directory's ckpt_last.pt, or with no value
-    --cv_dir's), checked to be of this stage and model; None without --resume."""
+    --cv_dir's); None without --resume. Its stage and model are checked by ``setup``."""
     if args.resume is None:
         return None
-    ckpt = load_checkpoint(args.resume or args.cv_dir, stages=(stage,), model=args.model,
-                           default_name=LAST)
+    ckpt = load_checkpoint(args.resume or args.cv_dir, stages=STAGES, model=None, default_name=LAST)
     if ckpt.get("optimizer") is None:
         raise PatchDropError(f"{ckpt['path']}: has no optimizer state to resume from")
     return ckpt
