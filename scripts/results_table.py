@@ -1,34 +1,83 @@
-"""The results table of a scripts/reproduce.sh output folder, in Markdown: rows full HR, LR only,
-random, fixed (centre, horizontal band, vertical band) at the fine-tuned policy's budget, Pt, Ft-1,
-Ft-2; columns accuracy and S (mean HR patches kept of 16). Usage: python scripts/results_table.py OUT"""
+"""The results table of a scripts/reproduce.sh output folder, in Markdown.
+
+Rows: full HR, LR only, Pt, then for each fine-tuned policy (the paper's penalty first, then the penalty
+sweep's runs ``ft_p*``) random and fixed patches (centre, horizontal band, vertical band) at that
+policy's budget k on its own classifier and the policy itself, then Ft-2. Columns: accuracy, S (mean HR
+patches kept of 16) and the checkpoint the numbers come from. A last table gives each stage's wall time
+(from OUT/wall_times.tsv).
+
+    python scripts/results_table.py OUT
+"""
 import json
 import sys
+from collections import defaultdict
 from pathlib import Path
 
-out = Path(sys.argv[1])
-evals = {p.stem: json.loads(p.read_text()) for p in (out / "eval").glob("*.json")}
-rows = []
+BASELINES = (("random", "random"), ("center", "fixed: centre"), ("fixed_h", "fixed: horizontal band"),
+             ("fixed_v", "fixed: vertical band"))
 
 
-def add(label: str, report: str, setting: str | None = None) -> None:
-    if report not in evals:
-        return
-    result = evals[report]["settings"][setting or evals[report]["setting"]] if setting else evals[report]
-    rows.append((label, result["accuracy"], result["sparsity"]))
+def checkpoint_label(report: dict) -> str:
+    return f"{Path(report['checkpoint']).parent.name}/{Path(report['checkpoint']).name}, epoch {report['epoch']}"
 
 
-add("full HR (stage-1 HR classifier)", "hr")
-add("LR only (stage-1 LR classifier)", "lr")
-if "ft" in evals:
-    k = evals["ft"]["policy_budget"]
-    for method, label in (("random", "random"), ("center", "fixed: centre"), ("fixed_h", "fixed: horizontal band"),
-                          ("fixed_v", "fixed: vertical band")):
-        add(f"{label}, k = {k} (Ft-1 classifier)", "ft", f"{method} k={k}")
-add("Pt (pretrained policy, stage-1 HR classifier)", "pt")
-add("Ft-1 (finetune)", "ft")
-add("Ft-2 (two-stream finetune)", "ft2")
-first = next(iter(evals.values()), {})
-print(f"| {first.get('model', '?')} | accuracy | S (of 16) |")
-print("|---|---|---|")
-for label, accuracy, sparsity in rows:
-    print(f"| {label} | {accuracy:.4f} | {sparsity:.2f} |")
+def finetune_runs(evals: dict) -> list[str]:
+    """The fine-tuned runs present: ``ft`` (the paper's penalty) first, then ``ft_p*`` by penalty."""
+    sweep = sorted((name for name in evals if name.startswith("ft_p")), key=lambda n: -float(n[4:]))
+    return (["ft"] if "ft" in evals else []) + sweep
+
+
+def table_rows(evals: dict) -> list[tuple[str, float, float, str]]:
+    rows = []
+
+    def add(label: str, report: str, setting: str | None = None) -> None:
+        if report in evals:
+            result = evals[report]["settings"][setting] if setting else evals[report]
+            rows.append((label, result["accuracy"], result["sparsity"], checkpoint_label(evals[report])))
+
+    add("full HR (stage-1 HR classifier)", "hr")
+    add("LR only (stage-1 LR classifier)", "lr")
+    add("Pt: pretrained policy, stage-1 HR classifier", "pt")
+    for name in finetune_runs(evals):
+        tag = f"Ft-1 at penalty {evals[name]['penalty']:g}"
+        k = evals[name]["policy_budget"]
+        for method, label in BASELINES:
+            add(f"{label}, k = {k} ({tag} classifier)", name, f"{method} k={k}")
+        add(f"**{tag}**: greedy policy", name)
+    add("Ft-2: two-stream finetune (from Ft-1 at the paper's penalty)", "ft2")
+    return rows
+
+
+def wall_times(out: Path) -> dict[str, int]:
+    """Seconds per stage, summed over the runs of a resumed stage."""
+    seconds = defaultdict(int)
+    path = out / "wall_times.tsv"
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            name, value = line.split("\t")
+            seconds[name] += int(value)
+    return dict(seconds)
+
+
+def main(out: Path) -> None:
+    evals = {p.stem: json.loads(p.read_text()) for p in sorted((out / "eval").glob("*.json"))}
+    first = next(iter(evals.values()), {})
+    print(f"| {first.get('model', '?')}, {first.get('test_images', '?')} test images | accuracy | "
+          f"S (of 16) | checkpoint |")
+    print("|---|---|---|---|")
+    for label, accuracy, sparsity, source in table_rows(evals):
+        print(f"| {label} | {accuracy:.4f} | {sparsity:.2f} | {source} |")
+    times = wall_times(out)
+    if times:
+        print("\n| stage | wall time |\n|---|---|")
+        for name, seconds in times.items():
+            print(f"| {name} | {seconds // 60} min {seconds % 60:02d} s |")
+        total = sum(times.values())
+        print(f"| total | {total // 3600} h {total % 3600 // 60:02d} min |")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2 or not (Path(sys.argv[1]) / "eval").is_dir():
+        sys.exit("usage: python scripts/results_table.py OUT  (OUT: a scripts/reproduce.sh output folder "
+                 "with eval/)")
+    main(Path(sys.argv[1]))
