@@ -21,7 +21,7 @@ def save_classifier(path, stage="classifier_hr", model="R32_C10"):
 
 
 def test_round_trip(tmp_path):
-    net, opt = save_classifier(tmp_path / "ckpt_best.pt")
+    net, opt = save_classifier(tmp_path / "ckpt_last.pt")
     ckpt = load_checkpoint(tmp_path, stages=("classifier_hr",), model="R32_C10")  # a directory works
     assert (ckpt["format_version"], ckpt["stage"], ckpt["model"], ckpt["epoch"]) == (1, "classifier_hr", "R32_C10", 3)
     assert ckpt["metrics"]["test_accuracy"] == 0.5 and ckpt["args"] == {"lr": 0.1}
@@ -47,13 +47,13 @@ def test_saved_keys_have_no_wrapper_prefix(tmp_path):
     (("classifier_hr",), "R32_C100", "expected a classifier_hr checkpoint for --model R32_C100, found a classifier_hr checkpoint for --model R32_C10"),
 ])
 def test_wrong_stage_or_model_is_refused(tmp_path, stages, model, message):
-    save_classifier(tmp_path / "ckpt_best.pt")
+    save_classifier(tmp_path / "ckpt_last.pt")
     with pytest.raises(PatchDropError, match=message):
         load_checkpoint(tmp_path, stages=stages, model=model)
 
 
 def test_missing_file_names_what_to_pass(tmp_path):
-    with pytest.raises(PatchDropError, match="ckpt_best.pt not found"):
+    with pytest.raises(PatchDropError, match="ckpt_last.pt not found"):
         load_checkpoint(tmp_path, stages=("classifier_hr",), model="R32_C10")
 
 

@@ -3,7 +3,9 @@ at exactly their budget, monotone sweeps, agreement with the training scripts' t
 files they write on fake and on real CIFAR-10 data."""
 import csv
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -171,18 +173,47 @@ def test_evaluate_and_visualize_on_real_cifar10(tmp_path, cifar10_dir):
     assert Path(out).read_bytes()[:8] == PNG_MAGIC and (tmp_path / "s.png").is_file()
 
 
+def shim_path(tmp_path: Path) -> str:
+    """A PATH whose first python and python3 cannot import anything (they exit 1): what a clean
+    machine's system Python is to this project, which needs torch."""
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    for name in ("python", "python3"):
+        (shims / name).write_text("#!/bin/sh\necho 'not the interpreter of this environment' >&2\nexit 1\n")
+        (shims / name).chmod(0o755)
+    return f"{shims}{os.pathsep}{os.environ.get('PATH', '')}"
+
+
 @pytest.mark.slow
 def test_reproduce_script_runs_then_skips_finished_stages(tmp_path):
-    """The quick profile on fake data with tiny subsets (later flags override the profile's)."""
-    argv = ["bash", "scripts/reproduce.sh", "R32_C10", "--profile", "quick", "--out", str(tmp_path), "--",
+    """The quick profile on fake data with tiny subsets (later flags override the profile's), with the
+    interpreter given by $PYTHON while the first python on PATH cannot import torch."""
+    out = tmp_path / "out"
+    argv = ["bash", "scripts/reproduce.sh", "R32_C10", "--profile", "quick", "--out", str(out), "--",
             "--fake_data", "--num_workers", "0", "--train_samples", "48", "--test_samples", "32",
             "--max_epochs", "1", "--device", "cpu"]
-    first = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    env = {**os.environ, "PATH": shim_path(tmp_path), "PYTHON": sys.executable}
+    first = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert first.returncode == 0, first.stderr[-3000:]
-    for path in ("hr/ckpt_best.pt", "ft2/ckpt_best.pt", "eval/ft.json", "eval/sweep_ft.csv", "eval/sweep_ft.png",
-                 "eval/policy_ft.png", "results.md"):
-        assert (tmp_path / path).is_file(), path
-    table = (tmp_path / "results.md").read_text()
-    assert "| Ft-2 (two-stream finetune) |" in table and "| random, k = " in table
-    second = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900)
-    assert second.returncode == 0 and second.stdout.count("finished earlier, skipped") == 5
+    for path in ("hr/ckpt_last.pt", "ft2/ckpt_last.pt", "ft_p2/ckpt_last.pt", "eval/ft.json",
+                 "eval/ft_p2.json", "eval/sweep_ft.csv", "eval/sweep_ft_p2.png", "eval/policy_ft.png",
+                 "eval/tradeoff.png", "eval/finetune_curves.png", "results.md", "wall_times.tsv"):
+        assert (out / path).is_file(), path
+    table = (out / "results.md").read_text()
+    for row in ("| Ft-2: two-stream finetune", "| **Ft-1 at penalty -10**", "| **Ft-1 at penalty -2**",
+                "| random, k = ", "ft_p2/ckpt_last.pt, epoch 0 |", "| total |"):
+        assert row in table, row
+    # The finetune at penalty -2 started from the same pretrained policy and HR classifier as -10's.
+    assert json.loads((out / "ft_p2" / "args.json").read_text())["penalty"] == -2
+    second = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert second.returncode == 0 and second.stdout.count("finished earlier, skipped") == 6
+
+
+def test_reproduce_script_refuses_an_interpreter_without_torch(tmp_path):
+    env = {**os.environ, "PATH": shim_path(tmp_path)}
+    env.pop("PYTHON", None)
+    proc = subprocess.run(["bash", "scripts/reproduce.sh", "R32_C10", "--out", str(tmp_path / "o")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("error: python3 cannot import torch; set PYTHON to the interpreter of "
+                                   "your environment")

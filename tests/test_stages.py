@@ -68,7 +68,8 @@ def check_chain_outputs(cv: Path, model: str, epochs: int) -> None:
     # Frozen networks come through unchanged: pretrain's HR classifier is stage 1's, two-stream's LR
     # classifier is the LR stage's (weights and batch-norm statistics).
     for frozen, source, key in (("pt", "hr", "resnet_hr"), ("ft2", "lr", "resnet_lr")):
-        saved, original = ckpt(cv / frozen / "ckpt_last.pt")[key], ckpt(cv / source / "ckpt_best.pt")["state_dict"]
+        # Run directories mean their latest checkpoint.
+        saved, original = ckpt(cv / frozen / "ckpt_last.pt")[key], ckpt(cv / source / "ckpt_last.pt")["state_dict"]
         assert all(torch.equal(saved[k], original[k]) for k in original)
 
 
@@ -98,7 +99,7 @@ def test_finetune_starts_from_the_pretrained_policy(tmp_path):
     run(pretrain, "--cv_dir", tmp_path / "pt", "--ckpt_hr_cl", tmp_path / "hr", *data)
     # An Adam step moves each weight by about lr, so with lr 1e-12 the weights must be the loaded ones.
     run(finetune, "--cv_dir", tmp_path / "ft", "--load", tmp_path / "pt", "--lr", 1e-12, *data)
-    pt, ft = ckpt(tmp_path / "pt" / "ckpt_best.pt"), ckpt(tmp_path / "ft" / "ckpt_last.pt")
+    pt, ft = ckpt(tmp_path / "pt" / "ckpt_last.pt"), ckpt(tmp_path / "ft" / "ckpt_last.pt")
     for key in ("agent", "resnet_hr"):  # without --ckpt_hr_cl the HR classifier comes from --load
         for name, value in pt[key].items():
             if value.is_floating_point() and "running" not in name:
@@ -116,7 +117,7 @@ def test_resume_continues_and_overwrite_is_explicit(tmp_path):
     assert [l["epoch"] for l in lines] == [0, 1, 2, 3]
     saved = ckpt(tmp_path / "ckpt_last.pt")
     assert saved["epoch"] == 3 and saved["scheduler"]["last_epoch"] == 4  # scheduler restored, not reset
-    with pytest.raises(PatchDropError, match="expected a pretrain checkpoint"):
+    with pytest.raises(PatchDropError, match="--resume needs a pretrain checkpoint, found a classifier_hr"):
         run(pretrain, *args, "--max_epochs", 4, "--resume")
     run(classifier_training, *args, "--max_epochs", 1, "--overwrite")
     assert ckpt(tmp_path / "ckpt_last.pt")["epoch"] == 0 and ckpt(tmp_path / "ckpt_best.pt")["epoch"] == 0
