@@ -64,7 +64,7 @@ def train_step(model, inputs, targets, optimizer, accel: Accel, *, img_size: int
 
 def train_one_epoch(model, loader, optimizer, accel: Accel, *, img_size: int) -> dict:
     model.train()
-    stats = ClassifierStats()
+    stats = ClassifierStats(accel.device)
     for inputs, targets in tqdm(loader, desc="train", leave=False, disable=None):
         inputs, targets = accel.inputs(inputs, targets)
         logits, loss = train_step(model, inputs, targets, optimizer, accel, img_size=img_size)
@@ -75,7 +75,7 @@ def train_one_epoch(model, loader, optimizer, accel: Accel, *, img_size: int) ->
 @torch.no_grad()
 def evaluate(model, loader, accel: Accel, *, img_size: int) -> dict:
     model.eval()
-    stats = ClassifierStats()
+    stats = ClassifierStats(accel.device)
     for inputs, targets in tqdm(loader, desc="test", leave=False, disable=None):
         inputs, targets = accel.inputs(inputs, targets)
         with accel.autocast():
@@ -109,7 +109,7 @@ def main(args: argparse.Namespace) -> dict:
     model = accel.prepare(model, trainable=True)
 
     # The run directory is checked before the data loads, so a wrong --cv_dir fails fast.
-    run = Run(args, stage, score_key="test_accuracy", resume=resume)
+    run = Run(args, stage, score_key="test_accuracy", device=device, resume=resume)
     train_loader, test_loader = build_loaders(spec, args, device)
     rng_notes = run.attach(train_loader)
     optimizer = build_optimizer(model.parameters(), args.optimizer, lr=args.lr, weight_decay=args.wd,

@@ -26,7 +26,8 @@ from utils.cli import add_eval_args
 from utils.data import build_loader
 from utils.errors import PatchDropError
 from utils.evaluation import Evaluator, Setting, load_evaluator, test_split
-from utils.runtime import device_name, run_cli, select_device, seed_everything, synchronize
+from utils.runtime import (configure_backends, device_name, run_cli, select_device, seed_everything,
+                           synchronize)
 from utils.spec import get_spec
 
 MAIN_SETTING = {"classifier_hr": "full_hr", "classifier_lr": "lr_only", "pretrain": "policy",
@@ -134,6 +135,7 @@ def main(args: argparse.Namespace) -> dict:
     spec = get_spec(args.model)
     seed_everything(args.seed)
     device = select_device(args.device)
+    configure_backends(device, tf32=not args.no_tf32)
     if args.batch_size <= 0:
         raise PatchDropError(f"--batch_size must be positive, got {args.batch_size}")
     if any(not 0 <= t <= 1 for t in args.thresholds):

@@ -71,7 +71,7 @@ def train_one_epoch(agent, resnet_hr, loader, optimizer, accel: Accel, *, penalt
     # The HR classifier trains with batch-norm in train mode, as in the authors' final code (only their
     # 2019 finetune kept it in eval mode; method.md).
     resnet_hr.train()
-    stats = PolicyStats()
+    stats = PolicyStats(accel.device, with_baseline=True)
     for inputs, targets in tqdm(loader, desc="train", leave=False, disable=None):
         inputs, targets = accel.inputs(inputs, targets)
         correct, reward, action, baseline, loss = train_step(
@@ -86,7 +86,7 @@ def evaluate(agent, resnet_hr, loader, accel: Accel, *, penalty: float, lr_size:
     """Accuracy, reward, S, V and # of the greedy policy."""
     agent.eval()
     resnet_hr.eval()
-    stats = PolicyStats()
+    stats = PolicyStats(accel.device)
     for inputs, targets in tqdm(loader, desc="test", leave=False, disable=None):
         inputs, targets = accel.inputs(inputs, targets)
         with accel.autocast():
@@ -115,7 +115,7 @@ def main(args: argparse.Namespace) -> dict:
         optimizer.load_state_dict(resume["optimizer"])
 
     # The run directory is checked before the data loads, so a wrong --cv_dir fails fast.
-    run = Run(args, STAGE, score_key="test_reward", resume=resume)
+    run = Run(args, STAGE, score_key="test_reward", device=device, resume=resume)
     train_loader, test_loader = build_loaders(spec, args, device)
     rng_notes = run.attach(train_loader)
 

@@ -78,7 +78,7 @@ def train_one_epoch(agent, resnet_hr, resnet_lr, loader, optimizer, accel: Accel
     agent.train()
     resnet_hr.train()  # as in the authors' two-stream script
     resnet_lr.eval()  # frozen
-    stats = PolicyStats()
+    stats = PolicyStats(accel.device, with_baseline=True)
     for inputs, targets in tqdm(loader, desc="train", leave=False, disable=None):
         inputs, targets = accel.inputs(inputs, targets)
         correct, reward, action, baseline, loss = train_step(
@@ -94,7 +94,7 @@ def evaluate(agent, resnet_hr, resnet_lr, loader, accel: Accel, *, penalty: floa
     """Accuracy, reward, S, V and # of the greedy policy with fused logits."""
     for net in (agent, resnet_hr, resnet_lr):
         net.eval()
-    stats = PolicyStats()
+    stats = PolicyStats(accel.device)
     for inputs, targets in tqdm(loader, desc="test", leave=False, disable=None):
         inputs, targets = accel.inputs(inputs, targets)
         inputs_lr = downsample(inputs, lr_size)
@@ -141,7 +141,7 @@ def main(args: argparse.Namespace) -> dict:
         optimizer.load_state_dict(resume["optimizer"])
 
     # The run directory is checked before the data loads, so a wrong --cv_dir fails fast.
-    run = Run(args, STAGE, score_key="test_reward", resume=resume)
+    run = Run(args, STAGE, score_key="test_reward", device=device, resume=resume)
     train_loader, test_loader = build_loaders(spec, args, device)
     rng_notes = run.attach(train_loader)
 

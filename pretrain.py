@@ -65,7 +65,7 @@ def train_one_epoch(agent, resnet_hr, loader, optimizer, accel: Accel, *, penalt
                     lr_size: int, learned: torch.Tensor | None = None) -> dict:
     agent.train()
     resnet_hr.eval()  # frozen: batch-norm statistics stay those of stage 1
-    stats = PolicyStats()
+    stats = PolicyStats(accel.device, with_baseline=True)
     for inputs, targets in tqdm(loader, desc="train", leave=False, disable=None):
         inputs, targets = accel.inputs(inputs, targets)
         correct, reward, action, baseline, loss = train_step(
@@ -82,7 +82,7 @@ def evaluate(agent, resnet_hr, loader, accel: Accel, *, penalty: float, lr_size:
     """Accuracy, reward, S, V and # of the greedy policy."""
     agent.eval()
     resnet_hr.eval()
-    stats = PolicyStats()
+    stats = PolicyStats(accel.device)
     for inputs, targets in tqdm(loader, desc="test", leave=False, disable=None):
         inputs, targets = accel.inputs(inputs, targets)
         with accel.autocast():
@@ -114,7 +114,7 @@ def main(args: argparse.Namespace) -> dict:
         optimizer.load_state_dict(resume["optimizer"])
 
     # The run directory is checked before the data loads, so a wrong --cv_dir fails fast.
-    run = Run(args, STAGE, score_key="test_reward", resume=resume)
+    run = Run(args, STAGE, score_key="test_reward", device=device, resume=resume)
     train_loader, test_loader = build_loaders(spec, args, device)
     rng_notes = run.attach(train_loader)
 

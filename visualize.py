@@ -19,7 +19,7 @@ from utils.data import build_loader
 from utils.errors import PatchDropError
 from utils.evaluation import Setting, load_evaluator, test_split
 from utils.policy import action_to_mask, downsample
-from utils.runtime import run_cli, select_device, seed_everything
+from utils.runtime import configure_backends, run_cli, select_device, seed_everything
 from utils.spec import get_spec
 
 
@@ -57,6 +57,7 @@ def main(args: argparse.Namespace) -> str:
     spec = get_spec(args.model)
     seed_everything(args.seed)
     device = select_device(args.device)
+    configure_backends(device, tf32=not args.no_tf32)
     if args.num_images <= 0:
         raise PatchDropError(f"--num_images must be positive, got {args.num_images}")
     ckpt, evaluator = load_evaluator(spec, args.load, args.ckpt_lr_cl, Accel(argparse.Namespace(), device))

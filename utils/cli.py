@@ -4,8 +4,8 @@ Scripts build their own parser (``get_args_parser``) and call ``add_common_args`
 ``None`` are filled from the spec table by ``apply_defaults``. Nothing here parses the command line.
 """
 import argparse
-import os
 
+from .data import TORCHVISION_CLASSES, default_num_workers
 from .errors import PatchDropError
 from .spec import ModelSpec
 
@@ -21,8 +21,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     add("--batch_size", type=int, default=None, help="batch size (default: the paper's, per stage)")
     add("--max_epochs", type=int, default=None, help="epochs to train (default: per stage, README)")
     add("--test_interval", type=int, default=5, help="test every N epochs (from epoch 0) and after the last")
-    add("--num_workers", type=int, default=min(4, os.cpu_count() or 1),
-        help="DataLoader worker processes (default: 4, or the number of CPUs if fewer)")
+    add("--num_workers", type=int, default=None,
+        help="DataLoader worker processes per process (default: 4 for CIFAR, or the CPUs if fewer; for "
+             "224-px data the process's share of the CPUs less one)")
     add("--seed", type=int, default=0, help="seed of weights, sampling and data order")
     add("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     add("--resume", nargs="?", const="", default=None, metavar="CKPT",
@@ -42,6 +43,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                        help="CIFAR: hold the split in device memory, augment and normalize there")
     speed.add_argument("--parallel", action="store_true",
                        help="nn.DataParallel over the visible GPUs (the authors' flag; prefer torchrun)")
+    speed.add_argument("--no_tf32", action="store_true",
+                       help="strict float32 on the GPU: no TF32 in cuDNN convolutions (on by default from "
+                            "Ampere on)")
 
 
 def add_policy_args(parser: argparse.ArgumentParser) -> None:
@@ -67,6 +71,7 @@ def add_eval_args(parser: argparse.ArgumentParser, *, load_help: str, lr_help: s
     add("--fake_data", action="store_true", help="random images of the right shape (smoke runs)")
     add("--no_download", action="store_true", help="never download torchvision's CIFAR files")
     add("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    add("--no_tf32", action="store_true", help="strict float32 on the GPU (no TF32 in cuDNN convolutions)")
 
 
 # Defaults that do not depend on --model. They are filled in after --resume has taken the flags not
@@ -95,10 +100,13 @@ def apply_defaults(args: argparse.Namespace, spec: ModelSpec, stage: str) -> Non
         args.lr_size = spec.lr_size
     if hasattr(args, "img_size") and args.img_size is None:  # classifier stage: by --mode
         args.img_size = spec.hr_size if args.mode == "hr" else spec.lr_size
+    if args.num_workers is None:
+        args.num_workers = default_num_workers(spec)
 
 
-def check_args(args: argparse.Namespace, spec: ModelSpec) -> None:
-    """Refuse values that would crash later or train something silently wrong."""
+def check_args(args: argparse.Namespace, spec: ModelSpec, world: int = 1) -> None:
+    """Refuse values that would crash later or train something silently wrong, before anything is
+    loaded or deleted; ``world`` is the number of processes (torchrun)."""
     for name in ("batch_size", "max_epochs", "test_interval", "train_samples", "test_samples"):
         value = getattr(args, name)
         if value is not None and value <= 0:
@@ -112,6 +120,18 @@ def check_args(args: argparse.Namespace, spec: ModelSpec) -> None:
                              f"got {args.penalty}")
     if getattr(args, "alpha", None) is not None and not 0.5 < args.alpha <= 1:
         raise PatchDropError(f"--alpha must lie in (0.5, 1], got {args.alpha}")
+    if args.batch_size % world:
+        raise PatchDropError(f"--batch_size {args.batch_size} is the total over {world} processes and "
+                             f"must be divisible by it")
+    if args.test_samples is not None and args.test_samples < world:
+        raise PatchDropError(f"--test_samples {args.test_samples} is fewer than the {world} processes; "
+                             f"every process needs at least one test image")
+    if args.gpu_data and spec.dataset not in TORCHVISION_CLASSES:
+        raise PatchDropError(f"--gpu_data holds a whole CIFAR split in device memory; {spec.name} "
+                             f"streams its {spec.hr_size}-px images from disk, drop the flag")
+    if args.compile and args.parallel:
+        raise PatchDropError("--compile with --parallel is not supported (DataParallel's replicas of a "
+                             "compiled network stay bound to GPU 0); use torchrun for several GPUs")
     lr_size = getattr(args, "lr_size", None)
     if lr_size is not None and (lr_size <= 0 or lr_size > spec.hr_size or spec.hr_size % lr_size):
         raise PatchDropError(f"--lr_size must divide the HR size {spec.hr_size} of {spec.name}, "

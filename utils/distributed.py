@@ -4,17 +4,40 @@ Under ``torchrun --nproc_per_node N script.py ...`` every process runs the whole
 each batch (``--batch_size`` is the total over all processes), the trainable networks are wrapped in
 DistributedDataParallel, per-epoch statistics are gathered from all ranks, and only rank 0 prints, logs
 and writes checkpoints. Run without torchrun, every function here is a no-op for a single process.
+
+Every tensor handed to a collective lives on the run's device (NCCL takes CUDA tensors only); the
+callers (utils/metrics.py) build them there, also on a rank that saw no batch.
 """
 import os
 import sys
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
+# A collective that waits longer than this fails instead of hanging, e.g. when another rank died
+# without torchrun noticing (torchrun itself stops all ranks when one exits with an error). Long
+# enough for the slowest start-up step before the first collective (scanning an ImageNet folder).
+TIMEOUT = timedelta(minutes=30)
+
+
+def requested_world_size() -> int:
+    """The number of processes of this run, known before the process group exists (checks of the
+    command line run first): torchrun's WORLD_SIZE, or the size of a group made by the caller."""
+    if is_distributed():
+        return world_size()
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def local_world_size() -> int:
+    """Processes on this machine (torchrun's LOCAL_WORLD_SIZE; 1 without torchrun)."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+
 
 def init_distributed(device_name: str) -> torch.device | None:
     """Join the process group when started by torchrun (WORLD_SIZE > 1): NCCL on CUDA, gloo on the
-    CPU. Returns this rank's device, or None when not distributed. Ranks other than 0 print nothing."""
+    CPU, with a finite timeout. Returns this rank's device (cuda:LOCAL_RANK, made the current device),
+    or None when not distributed. Ranks other than 0 print nothing."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return None
     use_cuda = device_name != "cpu" and torch.cuda.is_available()
@@ -24,7 +47,7 @@ def init_distributed(device_name: str) -> torch.device | None:
     else:
         device = torch.device("cpu")
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo")
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=TIMEOUT)
     if dist.get_rank() != 0:
         sys.stdout = open(os.devnull, "w")
     return device
@@ -55,12 +78,12 @@ def all_sum(value: torch.Tensor) -> torch.Tensor:
 
 
 def all_cat(value: torch.Tensor) -> torch.Tensor:
-    """The concatenation over ranks, in rank order, of 1-D tensors whose lengths may differ."""
+    """The concatenation over ranks, in rank order, of 1-D tensors whose lengths may differ (also 0)."""
     if not is_distributed():
         return value
     sizes = [torch.zeros((), dtype=torch.long, device=value.device) for _ in range(world_size())]
     dist.all_gather(sizes, torch.tensor(value.numel(), device=value.device))
-    longest = int(max(sizes))
+    longest = max(int(max(sizes)), 1)
     padded = torch.zeros(longest, dtype=value.dtype, device=value.device)
     padded[:value.numel()] = value
     parts = [torch.empty_like(padded) for _ in sizes]
@@ -69,5 +92,6 @@ def all_cat(value: torch.Tensor) -> torch.Tensor:
 
 
 def cleanup() -> None:
+    """Leave the process group (every exit of a stage script, errors included)."""
     if is_distributed():
         dist.destroy_process_group()

@@ -126,7 +126,7 @@ class Evaluator:
     @torch.no_grad()
     def run(self, loader, settings: list[Setting]) -> dict[str, dict]:
         """Accuracy, reward, S, V and # of every setting over ``loader``, in one pass over the data."""
-        stats = {s.name: PolicyStats() for s in settings}
+        stats = {s.name: PolicyStats(self.accel.device) for s in settings}
         generator = torch.Generator().manual_seed(self.seed)  # random baselines: same draws every run
         needs_probs = any(s.method in POLICY_METHODS for s in settings)
         needs_lr = self.resnet_lr is not None and (self.fusion or any(s.method == "lr_only" for s in settings))

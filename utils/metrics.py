@@ -19,56 +19,53 @@ class LossWatch:
     """Remembers, on the device, the first training step whose loss was NaN or infinite, so a faulty
     step is found without a host synchronization per step; read once per epoch."""
 
-    def __init__(self):
-        self.step, self.first_bad = 0, None
+    def __init__(self, device: torch.device):
+        self.step = 0
+        self.first_bad = torch.full((1,), -1, dtype=torch.long, device=device)
 
     def update(self, loss: torch.Tensor) -> None:
         bad = ~torch.isfinite(loss.detach())
-        if self.first_bad is None:
-            self.first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
         self.first_bad = torch.where(bad & (self.first_bad < 0), self.step, self.first_bad)
         self.step += 1
 
     def compute(self) -> dict[str, int]:
         """{"nonfinite_step": k} when step k (0-based, within the epoch) was the first bad one, on
-        any rank under torchrun."""
-        first = torch.full((1,), -1, dtype=torch.long) if self.first_bad is None else self.first_bad.reshape(1)
-        steps = [int(step) for step in distributed.all_cat(first) if step >= 0]
+        any rank under torchrun (also when no loss was watched: test loops, a rank without batches)."""
+        steps = [int(step) for step in distributed.all_cat(self.first_bad) if step >= 0]
         return {"nonfinite_step": min(steps)} if steps else {}
 
 
 class ClassifierStats:
-    """Accumulates accuracy and cross-entropy of a classifier over an epoch, on the device."""
+    """Accumulates accuracy and cross-entropy of a classifier over an epoch, on ``device``."""
 
-    def __init__(self):
-        self.correct, self.loss_sum, self.count = 0.0, 0.0, 0
-        self.watch = LossWatch()
+    def __init__(self, device: torch.device):
+        # [correct, loss sum, count] in float64, on the device: no host synchronization until compute().
+        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+        self.watch = LossWatch(device)
 
     def update(self, logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
         batch = targets.shape[0]
-        # Tensors stay on the device: no host synchronization until compute().
-        self.correct = self.correct + (logits.argmax(1) == targets).sum()
-        self.loss_sum = self.loss_sum + loss.detach() * batch
-        self.count += batch
+        self.sums += torch.stack([(logits.argmax(1) == targets).sum().double(),
+                                  loss.detach().double() * batch, self.sums.new_tensor(batch)])
         self.watch.update(loss)
 
     def compute(self) -> dict[str, float]:
         """Accuracy and mean loss over the epoch (over all ranks under torchrun)."""
-        device = self.loss_sum.device if torch.is_tensor(self.loss_sum) else None
-        sums = distributed.all_sum(torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device)
-                                                for v in (self.correct, self.loss_sum, self.count)]))
-        n = max(float(sums[2]), 1.0)
-        return {"accuracy": float(sums[0]) / n, "loss": float(sums[1]) / n, **self.watch.compute()}
+        correct, loss_sum, count = distributed.all_sum(self.sums).tolist()
+        n = max(count, 1.0)
+        return {"accuracy": correct / n, "loss": loss_sum / n, **self.watch.compute()}
 
 
 class PolicyStats:
     """Accumulates what a policy stage reports over an epoch: accuracy, reward, S (mean patches kept),
     V (their standard deviation), the number of distinct policies and, in training, the greedy
-    baseline's reward. Kept on the device; one host synchronization in compute()."""
+    baseline's reward (``with_baseline``: decided by the caller, the same on every rank, since every
+    rank must join the same collectives). Kept on ``device``; one host synchronization in compute()."""
 
-    def __init__(self):
+    def __init__(self, device: torch.device, *, with_baseline: bool = False):
+        self.device, self.with_baseline = device, with_baseline
         self.correct, self.reward, self.kept, self.codes, self.baseline = [], [], [], [], []
-        self.watch = LossWatch()
+        self.watch = LossWatch(device)
 
     def update(self, correct: torch.Tensor, reward: torch.Tensor, action: torch.Tensor,
                baseline_reward: torch.Tensor | None = None, loss: torch.Tensor | None = None) -> None:
@@ -83,20 +80,24 @@ class PolicyStats:
         if baseline_reward is not None:
             self.baseline.append(baseline_reward.detach().float())
 
+    def _gather(self, parts: list[torch.Tensor], dtype=torch.float32) -> torch.Tensor:
+        """This epoch's values of all ranks; a rank without batches contributes an empty tensor."""
+        mine = torch.cat(parts) if parts else torch.empty(0, dtype=dtype, device=self.device)
+        return distributed.all_cat(mine)
+
     def compute(self) -> dict[str, float]:
         """The epoch's statistics over all its images (of all ranks under torchrun)."""
-        gather = lambda parts: distributed.all_cat(torch.cat(parts))  # noqa: E731
-        kept = gather(self.kept)
+        kept = self._gather(self.kept)
         stats = {
-            "accuracy": gather(self.correct).mean(),
-            "reward": gather(self.reward).mean(),
+            "accuracy": self._gather(self.correct).mean(),
+            "reward": self._gather(self.reward).mean(),
             "sparsity": kept.mean(),
             # Sample standard deviation, as torch.std in the authors' statistics; 0 for one image.
             "variance": kept.std() if kept.numel() > 1 else kept.new_zeros(()),
-            "unique_policies": torch.unique(gather(self.codes)).numel(),
+            "unique_policies": torch.unique(self._gather(self.codes, torch.long)).numel(),
         }
-        if self.baseline:
-            stats["baseline_reward"] = gather(self.baseline).mean()
+        if self.with_baseline:
+            stats["baseline_reward"] = self._gather(self.baseline).mean()
         stats = {k: float(v) if torch.is_tensor(v) else v for k, v in stats.items()}
         return {**stats, **self.watch.compute()}
 

@@ -11,6 +11,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 from . import distributed
 from .checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
@@ -41,8 +42,9 @@ def setup(args: Namespace, stage: str | Callable[[Namespace], str]
                              f"{resume['stage']} checkpoint")
     spec = get_spec(args.model)
     apply_defaults(args, spec, stage)
-    check_args(args, spec)
+    check_args(args, spec, distributed.requested_world_size())
     device = distributed.init_distributed(args.device) or select_device(args.device)
+    configure_backends(device, tf32=not args.no_tf32)
     # Under torchrun each process draws its own samples; DDP gives all of them rank 0's weights.
     seed_everything(args.seed + distributed.rank())
     return spec, device, resume
@@ -72,8 +74,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def capture_rng(data_generator: torch.Generator | None) -> dict:
-    """The state of every generator a run draws from: Python, NumPy, torch (CPU and CUDA) and the
+def capture_rng(data_generator: torch.Generator | None, device: torch.device) -> dict:
+    """The state of every generator a run draws from: Python, NumPy, torch's CPU generator and that of
+    the run's CUDA device (only that one, so a checkpoint of an 8-GPU machine resumes on 1), and the
     training loader's own generator (data order and worker seeds). Plain types and tensors only, so a
     checkpoint holding it loads with ``weights_only=True``."""
     bit_generator, keys, pos, has_gauss, cached = np.random.get_state()
@@ -82,36 +85,60 @@ def capture_rng(data_generator: torch.Generator | None) -> dict:
         "numpy": {"bit_generator": bit_generator, "keys": torch.from_numpy(keys.astype(np.int64)),
                   "pos": int(pos), "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
         "data": data_generator.get_state() if data_generator is not None else None,
     }
 
 
-def restore_rng(state: dict, data_generator: torch.Generator | None) -> None:
-    """Put every generator back where ``capture_rng`` found it."""
+def restore_rng(state: dict, data_generator: torch.Generator | None, device: torch.device) -> None:
+    """Put every generator back where ``capture_rng`` found it; the saved CUDA state goes to the run's
+    device when it is a GPU (a CPU run ignores it, a GPU run resuming a CPU checkpoint keeps its seed)."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     numpy = state["numpy"]
     np.random.set_state((numpy["bit_generator"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"],
                          numpy["has_gauss"], numpy["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state["cuda"]
+    if isinstance(cuda, (list, tuple)):  # written by earlier code: the states of all visible GPUs
+        cuda = cuda[0] if cuda else None
+    if cuda is not None and device.type == "cuda":
+        torch.cuda.set_rng_state(cuda, device)
     if state["data"] is not None and data_generator is not None:
         data_generator.set_state(state["data"])
 
 
 def select_device(name: str) -> torch.device:
-    """``auto`` picks CUDA when available, else the CPU; an unavailable CUDA device is an error."""
+    """``auto`` picks CUDA when available, else the CPU; an unavailable CUDA device is an error. A GPU
+    is returned with its index and made the current device, so nothing (pinned-memory threads, kernels
+    launched without a device) opens a context on GPU 0 when --device cuda:N names another."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(name)
     except RuntimeError:
         raise PatchDropError(f"unknown --device {name!r}; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise PatchDropError(f"--device {name}: CUDA is not available here; use --device cpu")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PatchDropError(f"--device {name}: CUDA is not available here; use --device cpu")
+        index = torch.cuda.current_device() if device.index is None else device.index
+        if index >= torch.cuda.device_count():
+            raise PatchDropError(f"--device {name}: there are {torch.cuda.device_count()} GPUs "
+                                 f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+        device = torch.device("cuda", index)
+        torch.cuda.set_device(device)
     return device
+
+
+def configure_backends(device: torch.device, *, tf32: bool = True) -> None:
+    """cuDNN picks the fastest convolution algorithm for the (fixed) input shapes of a run. With ``tf32``
+    False (--no_tf32) convolutions and matrix products on the GPU run in full float32 instead of the
+    TF32 that cuDNN uses by default for float32 convolutions on Ampere and newer GPUs."""
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # PyTorch's default; TF32 matmuls are not used
 
 
 def device_name(device: torch.device) -> str:
@@ -161,8 +188,9 @@ class Run:
     ``ckpt_last.pt`` and, on a new best test score, ``ckpt_best.pt``. Under torchrun every rank checks
     and only rank 0 writes."""
 
-    def __init__(self, args: Namespace, stage: str, score_key: str, resume: dict | None = None):
-        self.args, self.stage, self.score_key = args, stage, score_key
+    def __init__(self, args: Namespace, stage: str, score_key: str, device: torch.device,
+                 resume: dict | None = None):
+        self.args, self.stage, self.score_key, self.device = args, stage, score_key, device
         self.writes = distributed.is_main()
         self.cv_dir = prepare_run_dir(args.cv_dir, args, resuming=resume is not None,
                                       overwrite=args.overwrite, write=self.writes)
@@ -177,15 +205,31 @@ class Run:
     def attach(self, train_loader) -> list[str]:
         """Follow ``train_loader``'s generator (data order), whose state each checkpoint stores with
         the other generators'; on --resume, put them all back where the checkpoint's epoch left them, so
-        the run continues as if it had never stopped. Returns notes for the user."""
+        the run continues as if it had never stopped. Returns notes for the user.
+
+        Under torchrun only rank 0's generators are saved, and restoring them on every rank would make
+        all ranks sample the same actions. So each rank reseeds its own generators from (--seed, rank,
+        epoch) instead; only the --gpu_data loader's generator, which is the same on every rank by
+        design, is restored from the checkpoint."""
         self.train_loader, self.data_generator = train_loader, train_loader.generator
         if not self.resume:
             return []
         if self.resume.get("rng") is None:
             return [f"note: {self.resume['path']} holds no random-generator state; the resumed run "
                     f"continues correctly but not bit-for-bit like an uninterrupted one"]
-        restore_rng(self.resume["rng"], self.data_generator)
-        return []
+        if distributed.world_size() == 1:
+            restore_rng(self.resume["rng"], self.data_generator, self.device)
+            return []
+        world, rank = distributed.world_size(), distributed.rank()
+        seed = self.args.seed + rank + world * self.start_epoch  # distinct per rank and resumed epoch
+        seed_everything(seed)
+        if isinstance(train_loader, DataLoader):  # worker seeds: per rank
+            self.data_generator.manual_seed(seed)
+        elif self.resume["rng"]["data"] is not None:  # --gpu_data: shared by all ranks
+            self.data_generator.set_state(self.resume["rng"]["data"])
+        return [f"note: resumed under torchrun: each rank's random generators are reseeded from --seed, "
+                f"its rank and the epoch ({self.start_epoch}); the run continues correctly, not "
+                f"bit-for-bit like an uninterrupted one"]
 
     def epochs(self):
         """The epochs still to run; tells a DistributedSampler which epoch it is, so each epoch has
@@ -224,7 +268,8 @@ class Run:
         self.logger.log(metrics)
         ckpt = dict(stage=self.stage, model=self.args.model, epoch=epoch, nets=nets,
                     optimizer=optimizer, scheduler=scheduler, best_score=self.best_score,
-                    metrics=metrics, args=plain_args(self.args), rng=capture_rng(self.data_generator))
+                    metrics=metrics, args=plain_args(self.args),
+                    rng=capture_rng(self.data_generator, self.device))
         # Serialized once, written to ckpt_last.pt and, on a new best, to ckpt_best.pt.
         save_checkpoint([self.cv_dir / LAST] + ([self.cv_dir / BEST] if is_best else []), **ckpt)
 
@@ -273,3 +318,5 @@ def run_cli(main: Callable[[Namespace], dict], parser: argparse.ArgumentParser) 
             sys.exit(f"interrupted: {Path(args.cv_dir) / LAST} holds the last finished epoch; continue "
                      f"with --resume")
         sys.exit("interrupted")
+    finally:  # under torchrun: leave the process group on every exit, errors included
+        distributed.cleanup()
