@@ -1,11 +1,13 @@
 """Shared fixtures: a small real CIFAR-10 subset extracted from the archive named by
-PATCHDROP_CIFAR10_TAR (tests that need it are skipped with a reason when it is unset)."""
+PATCHDROP_CIFAR10_TAR (tests that need it are skipped with a reason when it is unset), and the CPU
+pinned for every test not marked ``gpu``."""
 import os
 import re
 import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 
 CIFAR_TAR_ENV = "PATCHDROP_CIFAR10_TAR"
 # Images per class extracted for the real-data tests: 30 train + 10 test per class.
@@ -28,3 +30,14 @@ def cifar10_dir(tmp_path_factory) -> Path:
             if match and int(match.group(2)) < PER_CLASS[match.group(1)]:
                 tar.extract(member, root, filter="data")
     return root
+
+
+@pytest.fixture(autouse=True)
+def cpu_only_unless_marked_gpu(request, monkeypatch):
+    """Every test not marked ``gpu`` runs on the CPU, also on a machine with a GPU: in process CUDA
+    reads as absent (``--device auto`` picks the CPU, nothing is compared across devices), and the
+    scripts a test starts see no GPU."""
+    if request.node.get_closest_marker("gpu"):
+        return
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")

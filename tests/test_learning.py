@@ -1,5 +1,6 @@
-"""Learning actually happens: the classifier stage on an easy task, and the RL sanity task of the
-policy, where the label is visible in one HR patch whose position shows in the LR image."""
+"""Learning actually happens: the classifier stage on an easy task; the RL sanity task of the policy,
+where the label is visible in one HR patch whose position shows in the LR image; and the finetune
+mechanism, on the same task with a background that a classifier trained on full images depends on."""
 from types import SimpleNamespace
 
 import pytest
@@ -7,10 +8,11 @@ import torch
 from torch import nn
 
 import classifier_training
+import finetune
 import pretrain
 from models import build_model
 from utils.accel import Accel, bf16_supported
-from utils.policy import downsample
+from utils.policy import downsample, mask_image
 
 CPU = Accel(SimpleNamespace(), torch.device("cpu"))
 AMP = Accel(SimpleNamespace(amp=True), torch.device("cpu"))
@@ -93,3 +95,60 @@ def test_policy_learns_to_keep_the_informative_patch(accel):
     assert after["sparsity"] <= 3.0, "most uninformative patches are dropped"
     assert after["unique_policies"] >= 12, "the kept patch follows the marker, not a fixed choice"
     assert after["reward"] > before["reward"] + 0.3
+
+
+# --- the finetune mechanism: a classifier that only works on full images ----------------------------
+
+BACKGROUND = 0.25  # the value of every pixel outside the label patch
+
+
+def make_context_task(n: int, gen: torch.Generator):
+    """make_task's label patch (marker +2 where the LR image looks, label +-1 elsewhere) on a background
+    of BACKGROUND everywhere else: a classifier trained on full images can lean on the background, which
+    the policy is rewarded for dropping."""
+    x, y, k = make_task(n, gen)
+    in_patch = (x.abs().sum(1, keepdim=True) > 0).float()
+    return x + (1 - in_patch) * BACKGROUND, y, k
+
+
+def linear_classifier() -> nn.Module:
+    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 2))
+
+
+@pytest.mark.slow
+def test_finetune_drops_the_context_the_stage1_classifier_needed():
+    """A linear classifier trained on full images sums the label pixels and subtracts the background it
+    always saw (its bias): keeping only the label patch, it answers one class for every image. Against
+    it frozen, pretraining must keep most of the background; fine-tuning retrains the classifier on the
+    masked images, so the policy can drop the background and accuracy holds."""
+    gen = torch.Generator().manual_seed(0)
+    x_train, y_train, _ = make_context_task(2048, gen)
+    x_test, y_test, k_test = make_context_task(512, gen)
+    train, test = batches(x_train, y_train, 64), batches(x_test, y_test, 256)
+    torch.manual_seed(0)
+    classifier = linear_classifier()
+    optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-2)
+    for _ in range(5):  # stage 1: full images
+        classifier_training.train_one_epoch(classifier, train, optimizer, CPU, img_size=32)
+    full = classifier_training.evaluate(classifier, test, CPU, img_size=32)["accuracy"]
+    only_label_patch = torch.zeros(512, 16)
+    only_label_patch[torch.arange(512), k_test] = 1
+    masked = (classifier(mask_image(x_test, only_label_patch)).argmax(1) == y_test).float().mean().item()
+    assert full >= 0.98 and masked <= 0.6, (full, masked)
+
+    agent = build_model("resnet8_cifar", 16)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
+    frozen = linear_classifier()
+    frozen.load_state_dict(classifier.state_dict())
+    for _ in range(6):  # stage 2: the classifier frozen
+        pretrain.train_one_epoch(agent, frozen.requires_grad_(False), train, optimizer, CPU, penalty=-0.5,
+                                 alpha=0.8, lr_size=8)
+    pretrained = pretrain.evaluate(agent, frozen, test, CPU, penalty=-0.5, lr_size=8)
+
+    optimizer = torch.optim.Adam(list(agent.parameters()) + list(classifier.parameters()), lr=1e-3)
+    for _ in range(6):  # stage 3: both trained
+        finetune.train_one_epoch(agent, classifier, train, optimizer, CPU, penalty=-10, alpha=0.8, lr_size=8)
+    finetuned = finetune.evaluate(agent, classifier, test, CPU, penalty=-10, lr_size=8)
+    assert pretrained["accuracy"] >= 0.9 and pretrained["sparsity"] >= 10, pretrained
+    assert finetuned["accuracy"] >= 0.95, finetuned
+    assert finetuned["sparsity"] <= pretrained["sparsity"] - 5, (pretrained, finetuned)

@@ -9,7 +9,7 @@ from utils.metrics import MetricsLogger, PolicyStats, console_lines
 
 
 def test_policy_stats_hand_worked():
-    stats = PolicyStats()
+    stats = PolicyStats(torch.device("cpu"), with_baseline=True)
     a1 = torch.tensor([[1.0, 1, 0, 0], [1, 1, 0, 0]])  # 2 kept, twice the same policy
     a2 = torch.tensor([[1.0, 1, 1, 1], [0, 0, 0, 0]])  # 4 and 0 kept
     stats.update(torch.tensor([1.0, 0]), torch.tensor([0.75, -1.0]), a1, torch.tensor([0.0, 0.0]))

@@ -118,11 +118,11 @@ def test_failed_write_stops_the_run_and_keeps_the_last_epoch(tmp_path, monkeypat
 # --- numerical faults ------------------------------------------------------------------------------
 
 def test_loss_watch_finds_the_first_bad_step():
-    watch = LossWatch()
+    watch = LossWatch(torch.device("cpu"))
     for value in (1.0, 2.0, float("nan"), float("inf"), 3.0):
         watch.update(torch.tensor(value))
     assert watch.compute() == {"nonfinite_step": 2}
-    good = LossWatch()
+    good = LossWatch(torch.device("cpu"))
     good.update(torch.tensor(0.5))
     assert good.compute() == {}
 

@@ -19,7 +19,7 @@ from tests.test_stages import ckpt, run
 from utils.accel import Accel, bf16_supported
 from utils.checkpoint import load_checkpoint, load_weights
 from utils.data import build_datasets
-from utils.gpu_data import DeviceLoader, augment
+from utils.gpu_data import DeviceLoader, augment, draw_augmentation
 from utils.spec import SPECS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +59,7 @@ def test_gpu_augmentation_has_the_torchvision_distribution():
     reference = transforms.Compose([transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(),
                                     transforms.PILToTensor()])
     theirs = [table[reference(pil).numpy().tobytes()] for _ in range(draws)]
-    ours_batch = augment(image.expand(draws, 3, 32, 32), torch.Generator().manual_seed(0))
+    ours_batch = augment(image.expand(draws, 3, 32, 32), *draw_augmentation(draws, torch.Generator().manual_seed(0)))
     ours = [table[crop.contiguous().numpy().tobytes()] for crop in ours_batch]  # each one a valid draw
     for draws_of in (theirs, ours):
         counts = torch.tensor([draws_of.count(key) for key in table.values()], dtype=torch.float)
