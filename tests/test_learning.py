@@ -5,6 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import classifier_training
@@ -99,56 +100,70 @@ def test_policy_learns_to_keep_the_informative_patch(accel):
 
 # --- the finetune mechanism: a classifier that only works on full images ----------------------------
 
-BACKGROUND = 0.25  # the value of every pixel outside the label patch
+BACKGROUND = 0.5  # every pixel outside the label patch: neither a label value (+-1) nor a dropped one (0)
 
 
 def make_context_task(n: int, gen: torch.Generator):
     """make_task's label patch (marker +2 where the LR image looks, label +-1 elsewhere) on a background
-    of BACKGROUND everywhere else: a classifier trained on full images can lean on the background, which
-    the policy is rewarded for dropping."""
+    of BACKGROUND: a classifier trained on full images can lean on the background, which the policy is
+    rewarded for dropping."""
     x, y, k = make_task(n, gen)
     in_patch = (x.abs().sum(1, keepdim=True) > 0).float()
     return x + (1 - in_patch) * BACKGROUND, y, k
 
 
-def linear_classifier() -> nn.Module:
-    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 2))
+class PatchMeans(nn.Module):
+    """A classifier with a known weak spot: per patch, the mean of the pixels the LR image keeps and the
+    mean of the others, then a linear layer. Trained on full images only, it subtracts the background it
+    always saw through its bias; it can also learn, from masked images, to cancel each patch's
+    background with that patch's LR pixels, which makes it indifferent to which patches are dropped."""
+
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Linear(32, 2)
+
+    def forward(self, x):
+        mean_of = lambda pixels: F.avg_pool2d((x * pixels).mean(1, keepdim=True), 8).flatten(1)  # noqa: E731
+        lr_kept = mean_of(_KEPT_BY_LR) * 4  # 16 of each patch's 64 pixels
+        others = mean_of(1 - _KEPT_BY_LR) * 64 / 48
+        return self.head(torch.cat([lr_kept, others], dim=1))
 
 
 @pytest.mark.slow
 def test_finetune_drops_the_context_the_stage1_classifier_needed():
-    """A linear classifier trained on full images sums the label pixels and subtracts the background it
-    always saw (its bias): keeping only the label patch, it answers one class for every image. Against
-    it frozen, pretraining must keep most of the background; fine-tuning retrains the classifier on the
-    masked images, so the policy can drop the background and accuracy holds."""
+    """The mechanism the CIFAR-10 runs depend on, where the optimum is known. A classifier trained on
+    full images fails when only the label patch is kept, so against it, frozen, pretraining keeps most
+    of the background; fine-tuning trains it on the sampled masked images, it stops needing the
+    background, and the policy drops it while accuracy holds. Both stages use penalty -2, so only the
+    classifier's training differs."""
     gen = torch.Generator().manual_seed(0)
-    x_train, y_train, _ = make_context_task(2048, gen)
+    x_train, y_train, _ = make_context_task(1024, gen)
     x_test, y_test, k_test = make_context_task(512, gen)
     train, test = batches(x_train, y_train, 64), batches(x_test, y_test, 256)
     torch.manual_seed(0)
-    classifier = linear_classifier()
+    classifier = PatchMeans()
     optimizer = torch.optim.Adam(classifier.parameters(), lr=1e-2)
-    for _ in range(5):  # stage 1: full images
+    for _ in range(10):  # stage 1: full images
         classifier_training.train_one_epoch(classifier, train, optimizer, CPU, img_size=32)
     full = classifier_training.evaluate(classifier, test, CPU, img_size=32)["accuracy"]
     only_label_patch = torch.zeros(512, 16)
     only_label_patch[torch.arange(512), k_test] = 1
-    masked = (classifier(mask_image(x_test, only_label_patch)).argmax(1) == y_test).float().mean().item()
-    assert full >= 0.98 and masked <= 0.6, (full, masked)
+    with torch.no_grad():
+        masked = (classifier(mask_image(x_test, only_label_patch)).argmax(1) == y_test).float().mean().item()
+    assert full >= 0.95 and masked <= 0.6, (full, masked)
 
     agent = build_model("resnet8_cifar", 16)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
-    frozen = linear_classifier()
+    frozen = PatchMeans().requires_grad_(False)
     frozen.load_state_dict(classifier.state_dict())
-    for _ in range(6):  # stage 2: the classifier frozen
-        pretrain.train_one_epoch(agent, frozen.requires_grad_(False), train, optimizer, CPU, penalty=-0.5,
-                                 alpha=0.8, lr_size=8)
-    pretrained = pretrain.evaluate(agent, frozen, test, CPU, penalty=-0.5, lr_size=8)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
+    for _ in range(10):  # stage 2: the classifier frozen
+        pretrain.train_one_epoch(agent, frozen, train, optimizer, CPU, penalty=-2, alpha=0.8, lr_size=8)
+    pretrained = pretrain.evaluate(agent, frozen, test, CPU, penalty=-2, lr_size=8)
+    assert pretrained["accuracy"] >= 0.9 and pretrained["sparsity"] >= 13, pretrained
 
     optimizer = torch.optim.Adam(list(agent.parameters()) + list(classifier.parameters()), lr=1e-3)
-    for _ in range(6):  # stage 3: both trained
-        finetune.train_one_epoch(agent, classifier, train, optimizer, CPU, penalty=-10, alpha=0.8, lr_size=8)
-    finetuned = finetune.evaluate(agent, classifier, test, CPU, penalty=-10, lr_size=8)
-    assert pretrained["accuracy"] >= 0.9 and pretrained["sparsity"] >= 10, pretrained
+    for _ in range(80):  # stage 3: both trained
+        finetune.train_one_epoch(agent, classifier, train, optimizer, CPU, penalty=-2, alpha=0.8, lr_size=8)
+    finetuned = finetune.evaluate(agent, classifier, test, CPU, penalty=-2, lr_size=8)
     assert finetuned["accuracy"] >= 0.95, finetuned
-    assert finetuned["sparsity"] <= pretrained["sparsity"] - 5, (pretrained, finetuned)
+    assert finetuned["sparsity"] <= pretrained["sparsity"] - 4, (pretrained, finetuned)
