@@ -37,8 +37,8 @@ mkdir -p "$OUT"
 if [[ $SMOKE == 1 ]]; then
   DEV=(--device cpu); STEPS=2; SHORT=(--batch_size 8); TIME=240
   DATA=(--fake_data --train_samples 64 --num_workers 0)
-  BENCH=(--device cpu --batch_size 8 --reps 1 --steps 1)
-  R50=(--device cpu --synthetic --batch_size 2 --steps 1)
+  BENCH=(--device cpu --batch_size 8 --reps 1 --steps 1 --stages classifier_lr pretrain)
+  R50=(--device cpu --synthetic --batch_size 1 --steps 1)
   COMPILE=(--device cpu --fake_data --train_samples 32 --num_workers 0 --batch_size 16 --steps 1)
 else
   DEV=(--device cuda); STEPS=40; SHORT=(); TIME=90
