@@ -9,8 +9,8 @@
 #   cpu       CIFAR only: a reduced real run, 33 min measured on 2 CPU cores (20,000 training images,
 #             the full test split, short schedules, --gpu_data --amp --channels_last on the CPU)
 #   cpu_full  CIFAR only: all 50,000 training and 10,000 test images on 2 CPU cores, about 2.5 hours:
-#             20-epoch classifiers, 10 pretrain epochs, 15 finetune epochs at penalty -10 and at -2
-#             (a penalty sweep), 5 two-stream epochs; evaluation in float32
+#             20-epoch classifiers, 10 pretrain epochs, 15 finetune epochs at penalty -10 and, as a
+#             penalty sweep, at -2 and -0.5; 5 two-stream epochs; evaluation in float32
 #   paper     the paper's settings (the README's commands); add speed flags after --, e.g.
 #             -- --gpu_data --amp --channels_last
 #
@@ -71,7 +71,7 @@ case "$PROFILE" in
     HR_EP=(--max_epochs 20 --lr_milestones 10 17); LR_EP=(--max_epochs 20 --lr_milestones 10 17)
     PT_EP=(--max_epochs 10 --lr 1e-3 --batch_size 256 --test_interval 1)
     FT_EP=(--max_epochs 15 --test_interval 1); FT2_EP=(--max_epochs 5 --test_interval 1)
-    SWEEP_PENALTIES=(-2)
+    SWEEP_PENALTIES=(-2 -0.5)
     EVAL=(--device cpu); SWEEP=(--budgets 2 4 6 8 10 12 14) ;;
   paper)
     COMMON=(); HR_EP=(); LR_EP=(); PT_EP=(); FT_EP=(); FT2_EP=()

@@ -41,3 +41,20 @@ def cpu_only_unless_marked_gpu(request, monkeypatch):
         return
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+
+@pytest.fixture(scope="session")
+def cifar10_full_test(tmp_path_factory) -> Path:
+    """A data directory holding all 10,000 CIFAR10/test images (train/ holds one image a class, which
+    the image-folder loader needs to list the classes)."""
+    archive = os.environ.get(CIFAR_TAR_ENV)
+    if not archive or not Path(archive).is_file():
+        pytest.skip(f"{CIFAR_TAR_ENV} is not set to the CIFAR-10 archive")
+    root = tmp_path_factory.mktemp("cifar_test")
+    pattern = re.compile(r"CIFAR10/(train|test)/\w+/(\d+)\.jpg$")
+    with tarfile.open(archive, "r:gz") as tar:
+        for member in tar:
+            match = pattern.match(member.name)
+            if match and (match.group(1) == "test" or int(match.group(2)) == 0):
+                tar.extract(member, root, filter="data")
+    return root

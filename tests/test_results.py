@@ -1,0 +1,36 @@
+"""The trained networks shipped in results/: intact (SHA256SUMS), loadable as they are by evaluate.py,
+and reproducing the README's numbers on the CIFAR-10 test split."""
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+import evaluate
+from tests.test_stages import run
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "results" / "R32_C10_cpu_full"
+CHECKPOINTS = RESULTS / "checkpoints"
+
+
+def test_shipped_checkpoints_match_their_sums():
+    lines = (CHECKPOINTS / "SHA256SUMS").read_text().splitlines()
+    assert len(lines) == 7
+    for line in lines:
+        digest, name = line.split("  ")
+        assert hashlib.sha256((CHECKPOINTS / name).read_bytes()).hexdigest() == digest, name
+    assert sum((CHECKPOINTS / line.split("  ")[1]).stat().st_size for line in lines) <= 17 * 2**20
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ft", "ft_p2", "ft_p0.5"])
+def test_shipped_finetuned_policy_reproduces_its_readme_row(name, cifar10_full_test):
+    """evaluate.py on the shipped weights-only checkpoint gives the accuracy and S of the run's own
+    evaluation (results/.../eval/<name>.json, the numbers of the README's table) to 0.001."""
+    expected = json.loads((RESULTS / "eval" / f"{name}.json").read_text())
+    report = run(evaluate, "--model", "R32_C10", "--load", CHECKPOINTS / name, "--data_dir", cifar10_full_test,
+                 "--device", "cpu", "--num_workers", 0, "--speed_batches", 1)
+    assert report["test_images"] == 10_000 and report["epoch"] == expected["epoch"]
+    assert report["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-3)
+    assert report["sparsity"] == pytest.approx(expected["sparsity"], abs=1e-3)
