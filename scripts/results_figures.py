@@ -86,7 +86,9 @@ def curves_figure(out: Path, runs: list[str]) -> Path:
         lines = [json.loads(l) for l in (out / name / "metrics.jsonl").read_text().splitlines() if l.strip()]
         tested = [l for l in lines if "test_accuracy" in l]
         epochs = [l["epoch"] for l in tested]
-        label = f"{name}: penalty {penalty_of(out, name):g}" if (out / "eval" / f"{name}.json").is_file() else name
+        label = name + (" (two-stream)" if name == "ft2" else "")
+        if (out / "eval" / f"{name}.json").is_file():
+            label += f": penalty {penalty_of(out, name):g}"
         acc_ax.plot(epochs, [l["test_accuracy"] for l in tested], marker="o", markersize=3, label=label)
         s_ax.plot(epochs, [l["test_sparsity"] for l in tested], marker="o", markersize=3, label=label)
     acc_ax.set_ylabel("test accuracy (greedy policy)")
