@@ -66,7 +66,8 @@ def tradeoff_figure(out: Path, runs: list[str]) -> Path:
             own = other == name
             ax.plot([x], [y], marker="*", markersize=15 if own else 10, linestyle="none", zorder=4,
                     color="black", markerfacecolor="black" if own else "none",
-                    label=f"greedy policy, penalty {penalty_of(out, other):g}" + ("" if own else " (own classifier)"))
+                    label=f"greedy policy, penalty {penalty_of(out, other):g}"
+                          + ("" if own else " (own classifier)"))
         ax.set_title(f"Ft-1 at penalty {penalty_of(out, name):g}: baselines on its classifier", fontsize=9)
         ax.set_xlabel("HR patches acquired (mean of 16)")
         ax.set_xlim(0, 16.5)

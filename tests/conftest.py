@@ -14,22 +14,36 @@ CIFAR_TAR_ENV = "PATCHDROP_CIFAR10_TAR"
 PER_CLASS = {"train": 30, "test": 10}
 
 
-@pytest.fixture(scope="session")
-def cifar10_dir(tmp_path_factory) -> Path:
-    """A data directory holding CIFAR10/{train,test}/<class>/NNNN.jpg, 300 train and 100 test images."""
+def extract_cifar10(tmp_path_factory, name: str, keep) -> Path:
+    """A fresh data directory holding the CIFAR10/<split>/<class>/NNNN.jpg files of the archive named by
+    PATCHDROP_CIFAR10_TAR for which ``keep(split, number)`` is true; the test is skipped with the reason
+    when the variable is unset or names no file."""
     archive = os.environ.get(CIFAR_TAR_ENV)
     if not archive:
         pytest.skip(f"{CIFAR_TAR_ENV} is not set (point it at cifar10-jpeg.tar.gz)")
     if not Path(archive).is_file():
         pytest.skip(f"{CIFAR_TAR_ENV}={archive} is not a file")
-    root = tmp_path_factory.mktemp("cifar")
+    root = tmp_path_factory.mktemp(name)
     pattern = re.compile(r"CIFAR10/(train|test)/\w+/(\d+)\.jpg$")
     with tarfile.open(archive, "r:gz") as tar:
         for member in tar:
             match = pattern.match(member.name)
-            if match and int(match.group(2)) < PER_CLASS[match.group(1)]:
+            if match and keep(match.group(1), int(match.group(2))):
                 tar.extract(member, root, filter="data")
     return root
+
+
+@pytest.fixture(scope="session")
+def cifar10_dir(tmp_path_factory) -> Path:
+    """A data directory holding CIFAR10/{train,test}/<class>/NNNN.jpg, 300 train and 100 test images."""
+    return extract_cifar10(tmp_path_factory, "cifar", lambda split, number: number < PER_CLASS[split])
+
+
+@pytest.fixture(scope="session")
+def cifar10_full_test(tmp_path_factory) -> Path:
+    """A data directory holding all 10,000 CIFAR10/test images (train/ holds one image a class, which
+    the image-folder loader needs to list the classes)."""
+    return extract_cifar10(tmp_path_factory, "cifar_test", lambda split, number: split == "test" or number == 0)
 
 
 @pytest.fixture(autouse=True)
@@ -42,19 +56,3 @@ def cpu_only_unless_marked_gpu(request, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
 
-
-@pytest.fixture(scope="session")
-def cifar10_full_test(tmp_path_factory) -> Path:
-    """A data directory holding all 10,000 CIFAR10/test images (train/ holds one image a class, which
-    the image-folder loader needs to list the classes)."""
-    archive = os.environ.get(CIFAR_TAR_ENV)
-    if not archive or not Path(archive).is_file():
-        pytest.skip(f"{CIFAR_TAR_ENV} is not set to the CIFAR-10 archive")
-    root = tmp_path_factory.mktemp("cifar_test")
-    pattern = re.compile(r"CIFAR10/(train|test)/\w+/(\d+)\.jpg$")
-    with tarfile.open(archive, "r:gz") as tar:
-        for member in tar:
-            match = pattern.match(member.name)
-            if match and (match.group(1) == "test" or int(match.group(2)) == 0):
-                tar.extract(member, root, filter="data")
-    return root

@@ -69,20 +69,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_a_one_rank_process_group_runs_every_policy_stage(tmp_path):
-    """With a process group (gloo here; NCCL in tests/test_gpu.py) the stages wrap their networks in
-    DDP and gather their statistics through the collectives."""
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+def policy_stages_in_a_group_of_one(backend: str, cv: Path, hr: Path, lr: Path, data: list) -> list[dict]:
+    """Pretrain, finetune and two-stream finetune inside a process group of one rank (``backend``):
+    the stages then wrap their networks in DDP and gather their statistics through the collectives."""
+    dist.init_process_group(backend, init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
     try:
-        data = [*FAKE, "--train_samples", 32, "--test_samples", 16, "--batch_size", 16]
-        run(classifier_training, "--cv_dir", tmp_path / "hr", *data)
-        run(classifier_training, "--cv_dir", tmp_path / "lr", "--mode", "lr", *data)
-        outs = [run(pretrain, "--cv_dir", tmp_path / "pt", "--ckpt_hr_cl", tmp_path / "hr", *data),
-                run(finetune, "--cv_dir", tmp_path / "ft", "--load", tmp_path / "pt", *data),
-                run(finetune2stream, "--cv_dir", tmp_path / "ft2", "--load", tmp_path / "ft", "--ckpt_lr_cl",
-                    tmp_path / "lr", *data)]
+        return [run(pretrain, "--cv_dir", cv / "pt", "--ckpt_hr_cl", hr, *data),
+                run(finetune, "--cv_dir", cv / "ft", "--load", cv / "pt", *data),
+                run(finetune2stream, "--cv_dir", cv / "ft2", "--load", cv / "ft", "--ckpt_lr_cl", lr, *data)]
     finally:
         dist.destroy_process_group()
+
+
+def test_a_one_rank_process_group_runs_every_policy_stage(tmp_path):
+    """gloo here; NCCL in tests/test_gpu.py."""
+    data = [*FAKE, "--train_samples", 32, "--test_samples", 16, "--batch_size", 16]
+    run(classifier_training, "--cv_dir", tmp_path / "hr", *data)
+    run(classifier_training, "--cv_dir", tmp_path / "lr", "--mode", "lr", *data)
+    outs = policy_stages_in_a_group_of_one("gloo", tmp_path, tmp_path / "hr", tmp_path / "lr", data)
     for out in outs:
         assert 0 <= out["test_accuracy"] <= 1 and 0 <= out["train_sparsity"] <= 16
         assert "train_baseline_reward" in out

@@ -12,15 +12,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 
 import classifier_training
 import evaluate
-import finetune
-import finetune2stream
 import pretrain
 import visualize
-from tests.test_distributed import free_port
+from tests.test_distributed import policy_stages_in_a_group_of_one
 from tests.test_stages import chain, check_chain_outputs, run
 
 pytestmark = [pytest.mark.gpu,
@@ -94,14 +91,7 @@ def test_resume_on_cuda_continues_with_the_same_metrics(gpu_chain, tmp_path, scr
 
 
 def test_one_rank_nccl_group_runs_every_policy_stage(gpu_chain, tmp_path):
-    dist.init_process_group("nccl", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
-    try:
-        data = [*SMALL[:-4], "--max_epochs", 1, "--device", "cuda", "--batch_size", 64]
-        outs = [run(pretrain, "--cv_dir", tmp_path / "pt", "--ckpt_hr_cl", gpu_chain / "hr", *data),
-                run(finetune, "--cv_dir", tmp_path / "ft", "--load", tmp_path / "pt", *data),
-                run(finetune2stream, "--cv_dir", tmp_path / "ft2", "--load", tmp_path / "ft", "--ckpt_lr_cl",
-                    gpu_chain / "lr", *data)]
-    finally:
-        dist.destroy_process_group()
+    data = [*SMALL[:-4], "--max_epochs", 1, "--device", "cuda", "--batch_size", 64]
+    outs = policy_stages_in_a_group_of_one("nccl", tmp_path, gpu_chain / "hr", gpu_chain / "lr", data)
     for out in outs:
         assert 0 <= out["test_accuracy"] <= 1 and "train_baseline_reward" in out

@@ -28,7 +28,8 @@ def test_gpu_check_cpu_smoke_runs_every_step(tmp_path):
                                                 "finetune2stream"]
     assert all(row["images_per_second"] > 0 and row["projected_hours"] > 0 for row in stages)
     memory = json.loads((out / "memory_r50_bf16.json").read_text())
-    assert [(row["model"], row["stage"]) for row in memory] == [("R50_ImgNet", "pretrain"), ("R50_ImgNet", "finetune")]
+    assert [(row["model"], row["stage"]) for row in memory] == [("R50_ImgNet", "pretrain"),
+                                                                ("R50_ImgNet", "finetune")]
     summary = (out / "summary.md").read_text()
     assert "| compile | ok |" in summary and "0 step(s) not ok" in summary
     assert "the CIFAR-10 paper profile projects to" in summary
