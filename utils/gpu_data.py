@@ -110,7 +110,9 @@ class DeviceLoader:
 
     def __iter__(self):
         indices, draws = self.positions()
-        indices = indices.to(self.labels.device)
+        device = self.labels.device
+        indices = indices.to(device)  # one copy to the device per epoch, not per batch
+        draws = tuple(d.to(device) for d in draws) if draws is not None else None
         for start in range(0, len(indices), self.batch_size):
             batch = slice(start, start + self.batch_size)
             images = self.images[indices[batch]].float().div_(255)

@@ -39,19 +39,21 @@ class ClassifierStats:
     """Accumulates accuracy and cross-entropy of a classifier over an epoch, on ``device``."""
 
     def __init__(self, device: torch.device):
-        # [correct, loss sum, count] in float64, on the device: no host synchronization until compute().
-        self.sums = torch.zeros(3, dtype=torch.float64, device=device)
+        # [correct, loss sum] in float64 on the device: no host synchronization until compute().
+        self.sums = torch.zeros(2, dtype=torch.float64, device=device)
+        self.count = 0
         self.watch = LossWatch(device)
 
     def update(self, logits: torch.Tensor, targets: torch.Tensor, loss: torch.Tensor) -> None:
         batch = targets.shape[0]
-        self.sums += torch.stack([(logits.argmax(1) == targets).sum().double(),
-                                  loss.detach().double() * batch, self.sums.new_tensor(batch)])
+        self.sums += torch.stack([(logits.argmax(1) == targets).sum().double(), loss.detach().double() * batch])
+        self.count += batch
         self.watch.update(loss)
 
     def compute(self) -> dict[str, float]:
         """Accuracy and mean loss over the epoch (over all ranks under torchrun)."""
-        correct, loss_sum, count = distributed.all_sum(self.sums).tolist()
+        totals = torch.cat([self.sums, self.sums.new_tensor([self.count])])
+        correct, loss_sum, count = distributed.all_sum(totals).tolist()
         n = max(count, 1.0)
         return {"accuracy": correct / n, "loss": loss_sum / n, **self.watch.compute()}
 
