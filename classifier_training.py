@@ -16,13 +16,13 @@ from tqdm import tqdm
 
 from models import build_model
 from utils.accel import Accel
-from utils.checkpoint import load_pretrained, load_weights
-from utils.cli import add_common_args
-from utils.data import build_loaders
+from utils.checkpoint import load_weights
+from utils.cli import add_common_args, open_run, resolve_defaults, run_cli, run_summary, stage_loaders, start
 from utils.errors import PatchDropError
 from utils.metrics import ClassifierStats, console_lines, prefixed
 from utils.policy import downsample
-from utils.runtime import Run, run_cli, run_summary, setup
+from utils.run import load_resume
+from utils.weights import load_pretrained
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -91,9 +91,16 @@ def build_optimizer(params, name: str, *, lr: float, weight_decay: float, moment
     return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
 
 
+def stage_of(args: argparse.Namespace) -> str:
+    """The checkpoint stage this script writes: classifier_hr or classifier_lr, by --mode."""
+    return f"classifier_{args.mode}"
+
+
 def main(args: argparse.Namespace) -> dict:
-    spec, device, resume = setup(args, lambda a: f"classifier_{a.mode}")
-    stage = f"classifier_{args.mode}"
+    resume = load_resume(args.resume, args.cv_dir)
+    args = resolve_defaults(args, stage_of, resume)  # flags not given: the checkpoint's, else the spec's
+    stage = stage_of(args)
+    spec, device = start(args, stage)
     if args.mode == "hr" and args.img_size != spec.hr_size:
         raise PatchDropError(f"--mode hr trains on full {spec.hr_size}px images of {spec.name}, got "
                              f"--img_size {args.img_size}; use --mode lr for a lower resolution")
@@ -105,13 +112,13 @@ def main(args: argparse.Namespace) -> dict:
         load_weights(model, resume, "state_dict")
     elif args.pretrained:
         notes.append(load_pretrained(model, args.pretrained))
-    accel = Accel(args, device)
+    accel = Accel(device, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
+                  parallel=args.parallel)
     model = accel.prepare(model, trainable=True)
 
-    # The run directory is checked before the data loads, so a wrong --cv_dir fails fast.
-    run = Run(args, stage, score_key="test_accuracy", device=device, resume=resume)
-    train_loader, test_loader = build_loaders(spec, args, device)
-    rng_notes = run.attach(train_loader)
+    run = open_run(args, stage, "test_accuracy", device, resume)
+    data = stage_loaders(args, spec, device, accel.memory_format)
+    notes += accel.notes + run.track_rng(data.generator, shared_by_ranks=data.shared_by_ranks)
     optimizer = build_optimizer(model.parameters(), args.optimizer, lr=args.lr, weight_decay=args.wd,
                                 momentum=spec.stages[stage].momentum)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.lr_milestones, gamma=0.1)
@@ -119,14 +126,13 @@ def main(args: argparse.Namespace) -> dict:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
 
-    print("\n".join(run_summary(stage, args, train_loader, test_loader, device, run.start_epoch)
-                     + notes + accel.notes + rng_notes))
+    print("\n".join(run_summary(stage, args, data, device, run.start_epoch, notes)))
     for epoch in run.epochs():
         metrics = {"epoch": epoch,
-                   **prefixed("train", train_one_epoch(model, train_loader, optimizer, accel,
+                   **prefixed("train", train_one_epoch(model, data.train_epoch(epoch), optimizer, accel,
                                                        img_size=args.img_size))}
         if run.is_test_epoch(epoch):
-            metrics.update(prefixed("test", evaluate(model, test_loader, accel, img_size=args.img_size)))
+            metrics.update(prefixed("test", evaluate(model, data.test, accel, img_size=args.img_size)))
         scheduler.step()
         run.end_epoch(metrics, {"state_dict": model}, optimizer, scheduler)
         print("\n".join(console_lines(metrics)), flush=True)

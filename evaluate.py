@@ -21,14 +21,11 @@ from pathlib import Path
 
 
 from utils import evaluation
-from utils.accel import Accel
-from utils.cli import add_eval_args
+from utils.accel import Accel, device_name, synchronize
+from utils.cli import add_eval_args, eval_test_set, note_lines, run_cli, start_eval
 from utils.data import build_loader
 from utils.errors import PatchDropError
-from utils.evaluation import Evaluator, Setting, load_evaluator, test_split
-from utils.runtime import (configure_backends, device_name, run_cli, select_device, seed_everything,
-                           synchronize)
-from utils.spec import get_spec
+from utils.evaluation import Evaluator, Setting, load_evaluator
 
 MAIN_SETTING = {"classifier_hr": "full_hr", "classifier_lr": "lr_only", "pretrain": "policy",
                 "finetune": "policy", "finetune2stream": "policy"}
@@ -131,94 +128,120 @@ def plot_sweep(path: str, rows: list[dict], title: str, num_patches: int) -> Non
     plt.close(fig)
 
 
-def main(args: argparse.Namespace) -> dict:
-    spec = get_spec(args.model)
-    seed_everything(args.seed)
-    device = select_device(args.device)
-    configure_backends(device, tf32=not args.no_tf32)
-    if args.batch_size <= 0:
-        raise PatchDropError(f"--batch_size must be positive, got {args.batch_size}")
-    if any(not 0 <= t <= 1 for t in args.thresholds):
-        raise PatchDropError(f"--thresholds must lie in [0, 1], got {args.thresholds}")
-    budgets = parse_budgets(args.budgets, spec.num_patches) if args.budgets else []
-    accel = Accel(args, device)
-    ckpt, evaluator = load_evaluator(spec, args.load, args.ckpt_lr_cl, accel, seed=args.seed)
-    stage = ckpt["stage"]
-    main_setting = Setting(MAIN_SETTING[stage])
-    if evaluator.agent is None and (args.thresholds or budgets):
-        raise PatchDropError(f"--thresholds and --budgets sweep a policy; {ckpt['path']} is a {stage} "
-                             f"checkpoint without one")
-    curriculum_note = None
-    if evaluator.learned is not None:
-        learned = int(evaluator.learned.sum())
-        if budgets:
-            raise PatchDropError(f"{ckpt['path']}: saved in the curriculum phase of pretrain.py (epoch "
-                                 f"{ckpt['epoch']}: patches 0..{learned - 1} learned), so its policy "
-                                 f"cannot rank all patches; drop --budgets, or evaluate a checkpoint of "
-                                 f"epoch {spec.num_patches - 1} or later")
-        curriculum_note = (f"note: curriculum checkpoint (epoch {ckpt['epoch']}): patches {learned}.."
-                           f"{spec.num_patches - 1} are kept, as pretrain.py's test did at that epoch")
-    test_loader = build_loader(test_split(spec, args), args.batch_size, train=False,
-                               num_workers=args.num_workers, device=device, seed=args.seed)
+def check_sweeps(ckpt: dict, evaluator: Evaluator, thresholds: list[float], budgets: list[int],
+                 num_patches: int) -> list[str]:
+    """Refuse the sweeps the checkpoint cannot serve; returns notes on how it is scored."""
+    if evaluator.agent is None and (thresholds or budgets):
+        raise PatchDropError(f"--thresholds and --budgets sweep a policy; {ckpt['path']} is a "
+                             f"{ckpt['stage']} checkpoint without one")
+    if evaluator.learned is None:
+        return []
+    learned = int(evaluator.learned.sum())
+    if budgets:
+        raise PatchDropError(f"{ckpt['path']}: saved in the curriculum phase of pretrain.py (epoch "
+                             f"{ckpt['epoch']}: patches 0..{learned - 1} learned), so its policy cannot "
+                             f"rank all patches; drop --budgets, or evaluate a checkpoint of epoch "
+                             f"{num_patches - 1} or later")
+    return [f"curriculum checkpoint (epoch {ckpt['epoch']}): patches {learned}..{num_patches - 1} are "
+            f"kept, as pretrain.py's test did at that epoch"]
 
+
+def choose_settings(main_setting: Setting, evaluator: Evaluator, thresholds: list[float],
+                    budgets: list[int], baselines: bool) -> list[Setting]:
+    """The reported setting first, then the policy sweeps, then (--baselines) full HR, LR only and the
+    random and fixed baselines over the budgets."""
     settings = [main_setting]
-    settings += [Setting("threshold", t) for t in args.thresholds]
+    settings += [Setting("threshold", t) for t in thresholds]
     settings += [Setting("budget", k) for k in budgets]
-    if args.baselines:
+    if baselines:
         if evaluator.resnet_hr is not None and main_setting.method != "full_hr":
             settings.append(Setting("full_hr"))
         if evaluator.resnet_lr is not None and main_setting.method != "lr_only":
             settings.append(Setting("lr_only"))
         if evaluator.resnet_hr is not None:
             settings += [Setting(m, k) for k in budgets for m in ("random", *evaluation.FIXED_METHODS)]
-    results = evaluator.run(test_loader, settings)
-    main_result = results[main_setting.name]
+    return settings
 
-    # Baselines at the policy's own budget (its mean patches kept, rounded), if not swept already.
-    policy_budget = round(main_result["sparsity"])
-    if args.baselines and evaluator.resnet_hr is not None and main_setting.method == "policy":
-        extra = [Setting(m, policy_budget) for m in ("random", *evaluation.FIXED_METHODS)]
+
+def score_settings(evaluator: Evaluator, loader, settings: list[Setting], baselines: bool):
+    """Results of every setting, and with --baselines of a policy also the random and fixed baselines
+    at the policy's own budget (its mean patches kept, rounded) where not swept already. Returns the
+    settings (extended), their results and that budget (None for a classifier checkpoint)."""
+    results = evaluator.run(loader, settings)
+    if settings[0].method != "policy":
+        return settings, results, None
+    budget = round(results[settings[0].name]["sparsity"])
+    if baselines and evaluator.resnet_hr is not None:
+        extra = [Setting(m, budget) for m in ("random", *evaluation.FIXED_METHODS)]
         extra = [s for s in extra if s.name not in results]
         if extra:
-            results.update(evaluator.run(test_loader, extra))
-            settings += extra
+            results.update(evaluator.run(loader, extra))
+            settings = settings + extra
+    return settings, results, budget
 
+
+def console_table(report: dict, settings: list[Setting], results: dict, num_patches: int) -> list[str]:
+    """The reported setting, the baselines at its budget and the policy sweeps (the baseline curves over
+    --budgets are in the JSON and CSV); FLOPs and speed."""
+    budget = report["policy_budget"]
+    shown = [st for st in settings if st.value is None or st.method in ("threshold", "budget")
+             or st.value == budget]
+    lines = [f"{report['model']} {report['stage']} checkpoint {report['checkpoint']} (epoch {report['epoch']}), "
+             f"{report['test_images']} test images, {report['device']}",
+             f"{'setting':<22} {'accuracy':>8} {'S':>7} {'HR pixels':>9}"]
+    for st in shown:
+        r = results[st.name]
+        lines.append(f"{st.name:<22} {r['accuracy']:8.4f} {r['sparsity']:7.3f} "
+                     f"{r['sparsity'] / num_patches:9.1%}")
+    flops = report["flops_per_image"]
+    breakdown = ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in flops.items() if k != "total")
+    lines.append(f"FLOPs per image: {flops['total'] / 1e6:.2f} M ({breakdown}); "
+                 f"{report['images_per_second']:.0f} images/s at batch {report['speed_batch_size']}, "
+                 f"latency {report['latency_ms']:.1f} ms per image")
+    return lines
+
+
+def main(args: argparse.Namespace) -> dict:
+    spec, device = start_eval(args)
+    if args.batch_size <= 0:
+        raise PatchDropError(f"--batch_size must be positive, got {args.batch_size}")
+    if any(not 0 <= t <= 1 for t in args.thresholds):
+        raise PatchDropError(f"--thresholds must lie in [0, 1], got {args.thresholds}")
+    budgets = parse_budgets(args.budgets, spec.num_patches) if args.budgets else []
+    accel = Accel(device, amp=args.amp, channels_last=args.channels_last)
+    ckpt, evaluator = load_evaluator(spec, args.load, args.ckpt_lr_cl, accel, seed=args.seed)
+    notes = check_sweeps(ckpt, evaluator, args.thresholds, budgets, spec.num_patches)
+    test_loader = build_loader(eval_test_set(args, spec), args.batch_size, train=False,
+                               num_workers=args.num_workers, device=device, seed=args.seed)
+
+    main_setting = Setting(MAIN_SETTING[ckpt["stage"]])
+    settings = choose_settings(main_setting, evaluator, args.thresholds, budgets, args.baselines)
+    settings, results, policy_budget = score_settings(evaluator, test_loader, settings, args.baselines)
+    main_result = results[main_setting.name]
     flops = evaluator.flops_per_image(main_setting, spec.hr_size, device)
     speed = measure_speed(evaluator, main_setting, test_loader, args.speed_batches, device)
     report = {
-        "model": spec.name, "checkpoint": ckpt["path"], "stage": stage, "epoch": ckpt["epoch"],
+        "model": spec.name, "checkpoint": ckpt["path"], "stage": ckpt["stage"], "epoch": ckpt["epoch"],
         "setting": main_setting.name, "test_images": len(test_loader.dataset),
         **{k: main_result[k] for k in ("accuracy", "sparsity", "variance", "unique_policies", "reward")},
         "hr_pixel_fraction": main_result["sparsity"] / spec.num_patches, "penalty": evaluator.penalty,
         "flops_per_image": flops, **speed, "device": device_name(device),
         "options": {"amp": accel.amp, "channels_last": accel.channels_last},
-        "policy_budget": policy_budget if main_setting.method == "policy" else None,
+        "policy_budget": policy_budget,
         "curriculum_learned_patches": int(evaluator.learned.sum()) if evaluator.learned is not None else None,
         "settings": {s.name: {"method": s.method, "setting": s.value, **results[s.name]} for s in settings},
     }
+    print("\n".join(console_table(report, settings, results, spec.num_patches)
+                     + note_lines(accel.notes + notes)))
+
     rows = evaluation.sweep_rows(results, settings)
-    print(f"{spec.name} {stage} checkpoint {ckpt['path']} (epoch {ckpt['epoch']}), "
-          f"{report['test_images']} test images, {report['device']}")
-    # The console shows the reported setting, the baselines at its budget and the policy sweeps; the
-    # baseline curves over --budgets are in the JSON and CSV.
-    shown = [st for st in settings if st.value is None or st.method in ("threshold", "budget")
-             or st.value == policy_budget]
-    print(f"{'setting':<22} {'accuracy':>8} {'S':>7} {'HR pixels':>9}")
-    for st in shown:
-        r = results[st.name]
-        print(f"{st.name:<22} {r['accuracy']:8.4f} {r['sparsity']:7.3f} {r['sparsity'] / spec.num_patches:9.1%}")
-    breakdown = ", ".join(f"{k} {v / 1e6:.2f} M" for k, v in flops.items() if k != "total")
-    print(f"FLOPs per image: {flops['total'] / 1e6:.2f} M ({breakdown}); {speed['images_per_second']:.0f} "
-          f"images/s at batch {speed['speed_batch_size']}, latency {speed['latency_ms']:.1f} ms per image")
-    for line in accel.notes + ([curriculum_note] if curriculum_note else []):
-        print(line)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     if args.sweep_csv:
         write_csv(args.sweep_csv, rows)
     if args.sweep_png:
-        plot_sweep(args.sweep_png, rows, f"{spec.name}, {stage} ({Path(ckpt['path']).parent.name}), "
+        plot_sweep(args.sweep_png, rows, f"{spec.name}, {ckpt['stage']} ({Path(ckpt['path']).parent.name}), "
                                          f"{report['test_images']} test images", spec.num_patches)
     return report
 

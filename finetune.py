@@ -11,7 +11,6 @@ reward), metrics.jsonl, TensorBoard logs under log/, args.json.
 """
 import argparse
 import itertools
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -19,13 +18,14 @@ from tqdm import tqdm
 
 from models import build_model
 from utils.accel import Accel
-from utils.checkpoint import init_policy_and_hr, load_all_weights
-from utils.cli import add_common_args, add_policy_args
-from utils.data import build_loaders
+from utils.checkpoint import load_all_weights
+from utils.cli import (add_common_args, add_policy_args, open_run, resolve_defaults, run_cli, run_summary,
+                       stage_loaders, start)
 from utils.metrics import PolicyStats, console_lines, prefixed
 from utils.policy import (bound_probs, compute_reward, downsample, greedy_action, mask_image,
                           reinforce_loss, sample_action)
-from utils.runtime import Run, run_cli, run_summary, setup
+from utils.run import load_resume
+from utils.weights import init_policy_and_hr
 
 STAGE = "finetune"
 
@@ -98,36 +98,36 @@ def evaluate(agent, resnet_hr, loader, accel: Accel, *, penalty: float, lr_size:
 
 
 def main(args: argparse.Namespace) -> dict:
-    spec, device, resume = setup(args, STAGE)
+    resume = load_resume(args.resume, args.cv_dir)
+    args = resolve_defaults(args, STAGE, resume)  # flags not given: the checkpoint's, else the spec's
+    spec, device = start(args, STAGE)
 
     agent = build_model(spec.policy_arch, spec.num_patches)
     resnet_hr = build_model(spec.classifier_arch, spec.num_classes)
+    notes = []
     if resume:
         load_all_weights({"agent": agent, "resnet_hr": resnet_hr}, resume)
     else:
-        for note in init_policy_and_hr(agent, resnet_hr, load=args.load, load_stage="pretrain",
-                                       ckpt_hr_cl=args.ckpt_hr_cl, model=spec.name):
-            print(f"note: {note}", file=sys.stderr)
-    accel = Accel(args, device)
+        notes += init_policy_and_hr(agent, resnet_hr, load=args.load, load_stage="pretrain",
+                                    ckpt_hr_cl=args.ckpt_hr_cl, model=spec.name)
+    accel = Accel(device, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
+                  parallel=args.parallel)
     agent, resnet_hr = accel.prepare(agent, trainable=True), accel.prepare(resnet_hr, trainable=True)
     optimizer = torch.optim.Adam(itertools.chain(agent.parameters(), resnet_hr.parameters()), lr=args.lr)
     if resume:
         optimizer.load_state_dict(resume["optimizer"])
 
-    # The run directory is checked before the data loads, so a wrong --cv_dir fails fast.
-    run = Run(args, STAGE, score_key="test_reward", device=device, resume=resume)
-    train_loader, test_loader = build_loaders(spec, args, device)
-    rng_notes = run.attach(train_loader)
-
-    print("\n".join(run_summary(STAGE, args, train_loader, test_loader, device, run.start_epoch)
-                     + accel.notes + rng_notes))
+    run = open_run(args, STAGE, "test_reward", device, resume)
+    data = stage_loaders(args, spec, device, accel.memory_format)
+    notes += accel.notes + run.track_rng(data.generator, shared_by_ranks=data.shared_by_ranks)
+    print("\n".join(run_summary(STAGE, args, data, device, run.start_epoch, notes)))
     policy_args = dict(penalty=args.penalty, lr_size=args.lr_size)
     for epoch in run.epochs():
-        train_stats = train_one_epoch(agent, resnet_hr, train_loader, optimizer, accel,
+        train_stats = train_one_epoch(agent, resnet_hr, data.train_epoch(epoch), optimizer, accel,
                                       alpha=args.alpha, **policy_args)
         metrics = {"epoch": epoch, **prefixed("train", train_stats)}
         if run.is_test_epoch(epoch):
-            metrics.update(prefixed("test", evaluate(agent, resnet_hr, test_loader, accel, **policy_args)))
+            metrics.update(prefixed("test", evaluate(agent, resnet_hr, data.test, accel, **policy_args)))
         run.end_epoch(metrics, {"agent": agent, "resnet_hr": resnet_hr}, optimizer)
         print("\n".join(console_lines(metrics)), flush=True)
     run.close()

@@ -11,7 +11,6 @@ reward), metrics.jsonl, TensorBoard logs under log/, args.json.
 """
 import argparse
 import itertools
-import sys
 
 import torch
 import torch.nn.functional as F
@@ -19,14 +18,14 @@ from tqdm import tqdm
 
 from models import build_model
 from utils.accel import Accel
-from utils.checkpoint import init_policy_and_hr, load_all_weights, load_required, load_weights
-from utils.cli import add_common_args, add_policy_args
-from utils.data import build_loaders
-from utils.errors import PatchDropError
+from utils.checkpoint import load_all_weights
+from utils.cli import (add_common_args, add_policy_args, open_run, resolve_defaults, run_cli, run_summary,
+                       stage_loaders, start)
 from utils.metrics import PolicyStats, console_lines, prefixed
 from utils.policy import (bound_probs, compute_reward, downsample, fuse_logits, greedy_action,
                           mask_image, reinforce_loss, sample_action)
-from utils.runtime import Run, run_cli, run_summary, setup
+from utils.run import load_resume
+from utils.weights import init_policy_and_hr, load_lr_classifier
 
 STAGE = "finetune2stream"
 
@@ -108,53 +107,42 @@ def evaluate(agent, resnet_hr, resnet_lr, loader, accel: Accel, *, penalty: floa
     return stats.compute()
 
 
-def load_lr_classifier(resnet_lr, path: str | None, spec, lr_size: int) -> None:
-    """The frozen LR classifier of stage 1, which must have been trained on ``lr_size`` inputs."""
-    # DEVIATION: the authors' script ran with a random LR classifier when none was given.
-    ckpt = load_required(path, "--ckpt_lr_cl", stages=("classifier_lr",), model=spec.name,
-                         hint=f"from classifier_training.py --mode lr --img_size {lr_size}")
-    trained_at = ckpt["args"].get("img_size")
-    if trained_at != lr_size:
-        raise PatchDropError(f"{ckpt['path']}: LR classifier trained on {trained_at}px images, "
-                             f"but --lr_size is {lr_size}")
-    load_weights(resnet_lr, ckpt, "state_dict")
-
-
 def main(args: argparse.Namespace) -> dict:
-    spec, device, resume = setup(args, STAGE)
+    resume = load_resume(args.resume, args.cv_dir)
+    args = resolve_defaults(args, STAGE, resume)  # flags not given: the checkpoint's, else the spec's
+    spec, device = start(args, STAGE)
 
     agent = build_model(spec.policy_arch, spec.num_patches)
     resnet_hr = build_model(spec.classifier_arch, spec.num_classes)
     resnet_lr = build_model(spec.classifier_arch, spec.num_classes)
+    notes = []
     if resume:
         load_all_weights({"agent": agent, "resnet_hr": resnet_hr, "resnet_lr": resnet_lr}, resume)
     else:
-        load_lr_classifier(resnet_lr, args.ckpt_lr_cl, spec, args.lr_size)
-        for note in init_policy_and_hr(agent, resnet_hr, load=args.load, load_stage="finetune",
-                                       ckpt_hr_cl=args.ckpt_hr_cl, model=spec.name):
-            print(f"note: {note}", file=sys.stderr)
-    accel = Accel(args, device)
+        # DEVIATION: the authors' script ran with a random LR classifier when none was given.
+        load_lr_classifier(resnet_lr, args.ckpt_lr_cl, spec.name, args.lr_size)
+        notes += init_policy_and_hr(agent, resnet_hr, load=args.load, load_stage="finetune",
+                                    ckpt_hr_cl=args.ckpt_hr_cl, model=spec.name)
+    accel = Accel(device, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
+                  parallel=args.parallel)
     agent, resnet_hr = accel.prepare(agent, trainable=True), accel.prepare(resnet_hr, trainable=True)
     resnet_lr = accel.prepare(resnet_lr.requires_grad_(False), trainable=False)
     optimizer = torch.optim.Adam(itertools.chain(agent.parameters(), resnet_hr.parameters()), lr=args.lr)
     if resume:
         optimizer.load_state_dict(resume["optimizer"])
 
-    # The run directory is checked before the data loads, so a wrong --cv_dir fails fast.
-    run = Run(args, STAGE, score_key="test_reward", device=device, resume=resume)
-    train_loader, test_loader = build_loaders(spec, args, device)
-    rng_notes = run.attach(train_loader)
-
-    print("\n".join(run_summary(STAGE, args, train_loader, test_loader, device, run.start_epoch)
-                     + accel.notes + rng_notes))
+    run = open_run(args, STAGE, "test_reward", device, resume)
+    data = stage_loaders(args, spec, device, accel.memory_format)
+    notes += accel.notes + run.track_rng(data.generator, shared_by_ranks=data.shared_by_ranks)
+    print("\n".join(run_summary(STAGE, args, data, device, run.start_epoch, notes)))
     policy_args = dict(penalty=args.penalty, lr_size=args.lr_size, fusion=args.fusion)
     nets = {"agent": agent, "resnet_hr": resnet_hr, "resnet_lr": resnet_lr}
     for epoch in run.epochs():
-        train_stats = train_one_epoch(agent, resnet_hr, resnet_lr, train_loader, optimizer, accel,
+        train_stats = train_one_epoch(agent, resnet_hr, resnet_lr, data.train_epoch(epoch), optimizer, accel,
                                       alpha=args.alpha, **policy_args)
         metrics = {"epoch": epoch, **prefixed("train", train_stats)}
         if run.is_test_epoch(epoch):
-            test_stats = evaluate(agent, resnet_hr, resnet_lr, test_loader, accel, **policy_args)
+            test_stats = evaluate(agent, resnet_hr, resnet_lr, data.test, accel, **policy_args)
             metrics.update(prefixed("test", test_stats))
         run.end_epoch(metrics, nets, optimizer)
         print("\n".join(console_lines(metrics)), flush=True)

@@ -15,13 +15,14 @@ from tqdm import tqdm
 
 from models import build_model
 from utils.accel import Accel
-from utils.checkpoint import load_all_weights, load_required, load_weights
-from utils.cli import add_common_args, add_policy_args
-from utils.data import build_loaders
+from utils.checkpoint import load_all_weights
+from utils.cli import (add_common_args, add_policy_args, open_run, resolve_defaults, run_cli, run_summary,
+                       stage_loaders, start)
 from utils.metrics import PolicyStats, console_lines, prefixed
 from utils.policy import (apply_curriculum, bound_probs, compute_reward, curriculum_learned, downsample,
                           greedy_action, mask_image, reinforce_loss, sample_action)
-from utils.runtime import Run, run_cli, run_summary, setup
+from utils.run import load_resume
+from utils.weights import load_hr_classifier
 
 STAGE = "pretrain"
 
@@ -96,40 +97,39 @@ def evaluate(agent, resnet_hr, loader, accel: Accel, *, penalty: float, lr_size:
 
 
 def main(args: argparse.Namespace) -> dict:
-    spec, device, resume = setup(args, STAGE)
+    resume = load_resume(args.resume, args.cv_dir)
+    args = resolve_defaults(args, STAGE, resume)  # flags not given: the checkpoint's, else the spec's
+    spec, device = start(args, STAGE)
 
     agent = build_model(spec.policy_arch, spec.num_patches)
     resnet_hr = build_model(spec.classifier_arch, spec.num_classes)
     if resume:
         load_all_weights({"agent": agent, "resnet_hr": resnet_hr}, resume)
     else:
-        hr_ckpt = load_required(args.ckpt_hr_cl, "--ckpt_hr_cl", stages=("classifier_hr",),
-                                model=spec.name, hint="python classifier_training.py --mode hr")
-        load_weights(resnet_hr, hr_ckpt, "state_dict")
-    accel = Accel(args, device)
+        load_hr_classifier(resnet_hr, args.ckpt_hr_cl, spec.name,
+                           hint="python classifier_training.py --mode hr")
+    accel = Accel(device, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
+                  parallel=args.parallel)
     agent = accel.prepare(agent, trainable=True)
     resnet_hr = accel.prepare(resnet_hr.requires_grad_(False), trainable=False)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.lr)
     if resume:
         optimizer.load_state_dict(resume["optimizer"])
 
-    # The run directory is checked before the data loads, so a wrong --cv_dir fails fast.
-    run = Run(args, STAGE, score_key="test_reward", device=device, resume=resume)
-    train_loader, test_loader = build_loaders(spec, args, device)
-    rng_notes = run.attach(train_loader)
-
-    print("\n".join(run_summary(STAGE, args, train_loader, test_loader, device, run.start_epoch)
-                     + accel.notes + rng_notes))
+    run = open_run(args, STAGE, "test_reward", device, resume)
+    data = stage_loaders(args, spec, device, accel.memory_format)
+    notes = accel.notes + run.track_rng(data.generator, shared_by_ranks=data.shared_by_ranks)
+    print("\n".join(run_summary(STAGE, args, data, device, run.start_epoch, notes)))
     policy_args = dict(penalty=args.penalty, lr_size=args.lr_size)
     for epoch in run.epochs():
         learned = None
         if args.curriculum and epoch < spec.num_patches:
             learned = curriculum_learned(epoch, spec.num_patches, device)
-        train_stats = train_one_epoch(agent, resnet_hr, train_loader, optimizer, accel,
+        train_stats = train_one_epoch(agent, resnet_hr, data.train_epoch(epoch), optimizer, accel,
                                       alpha=args.alpha, learned=learned, **policy_args)
         metrics = {"epoch": epoch, **prefixed("train", train_stats)}
         if run.is_test_epoch(epoch):
-            test_stats = evaluate(agent, resnet_hr, test_loader, accel, learned=learned, **policy_args)
+            test_stats = evaluate(agent, resnet_hr, data.test, accel, learned=learned, **policy_args)
             metrics.update(prefixed("test", test_stats))
         run.end_epoch(metrics, {"agent": agent, "resnet_hr": resnet_hr}, optimizer)
         print("\n".join(console_lines(metrics)), flush=True)

@@ -14,13 +14,11 @@ import torch
 import torch.nn.functional as F
 
 from utils.accel import Accel
-from utils.cli import add_eval_args
+from utils.cli import add_eval_args, eval_test_set, run_cli, start_eval
 from utils.data import build_loader
 from utils.errors import PatchDropError
-from utils.evaluation import Setting, load_evaluator, test_split
+from utils.evaluation import Evaluator, Setting, load_evaluator
 from utils.policy import action_to_mask, downsample
-from utils.runtime import configure_backends, run_cli, select_device, seed_everything
-from utils.spec import get_spec
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -53,51 +51,40 @@ def composite(hr: torch.Tensor, action: torch.Tensor, lr_size: int) -> torch.Ten
     return mask * hr + (1 - mask) * (0.35 * lr + 0.65 * hr.new_full((1, 3, 1, 1), 0.5).expand_as(lr))
 
 
-def main(args: argparse.Namespace) -> str:
-    spec = get_spec(args.model)
-    seed_everything(args.seed)
-    device = select_device(args.device)
-    configure_backends(device, tf32=not args.no_tf32)
-    if args.num_images <= 0:
-        raise PatchDropError(f"--num_images must be positive, got {args.num_images}")
-    ckpt, evaluator = load_evaluator(spec, args.load, args.ckpt_lr_cl, Accel(argparse.Namespace(), device))
-    if evaluator.agent is None:
-        raise PatchDropError(f"{ckpt['path']}: a {ckpt['stage']} checkpoint has no policy to draw; pass a "
-                             f"pretrain, finetune or finetune2stream checkpoint")
-    test_set = test_split(spec, args)
-    agent, lr_size = evaluator.agent, evaluator.lr_size
+@torch.no_grad()
+def keep_frequency(evaluator: Evaluator, loader, device: torch.device, grid: int) -> tuple[torch.Tensor, int]:
+    """How often the policy keeps each patch over the loader's images, as a [G, G] map, and the
+    number of images."""
     policy = Setting("policy")  # the greedy action (with a curriculum checkpoint's forced patches)
+    kept, count = torch.zeros(grid * grid), 0
+    for inputs, _ in loader:
+        probs = torch.sigmoid(evaluator.agent(downsample(inputs.to(device), evaluator.lr_size)).float())
+        kept += evaluator.action(policy, probs, len(inputs), device, None).sum(0).cpu()
+        count += len(inputs)
+    return (kept / count).reshape(grid, grid), count
 
-    # Keep frequency of each patch over the test split.
-    loader = build_loader(test_set, args.batch_size, train=False, num_workers=args.num_workers,
-                          device=device, seed=args.seed)
-    kept, count = torch.zeros(spec.num_patches), 0
-    with torch.no_grad():
-        for inputs, _ in loader:
-            probs = torch.sigmoid(agent(downsample(inputs.to(device), lr_size)).float())
-            kept += evaluator.action(policy, probs, len(inputs), device, None).sum(0).cpu()
-            count += len(inputs)
-    heat = (kept / count).reshape(spec.grid, spec.grid)
 
-    # The shown images: a seeded random choice of the test split.
-    n = min(args.num_images, len(test_set))
-    picks = torch.randperm(len(test_set), generator=torch.Generator().manual_seed(args.seed))[:n].tolist()
-    images = torch.stack([test_set[i][0] for i in picks]).to(device)
-    labels = torch.tensor([int(test_set[i][1]) for i in picks], device=device)
-    with torch.no_grad():
-        probs = torch.sigmoid(agent(downsample(images, lr_size)).float())
-        action = evaluator.action(policy, probs, len(images), device, None)
-        lr_logits = evaluator.resnet_lr(downsample(images, lr_size)).float() if evaluator.fusion else None
-        predicted = evaluator.logits(policy, images, action, lr_logits).argmax(1)
-    shown = to_rgb(composite(images, action, lr_size), spec.mean, spec.std)
-    names = class_names(test_set)
-    name = (lambda k: names[k] if names and k < len(names) else str(k))  # noqa: E731
+@torch.no_grad()
+def policy_on(evaluator: Evaluator, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The greedy action [B, P] on ``images`` and the model's prediction [B] from the patches kept."""
+    policy, lr_size = Setting("policy"), evaluator.lr_size
+    probs = torch.sigmoid(evaluator.agent(downsample(images, lr_size)).float())
+    action = evaluator.action(policy, probs, len(images), images.device, None)
+    lr_logits = evaluator.resnet_lr(downsample(images, lr_size)).float() if evaluator.fusion else None
+    return action, evaluator.logits(policy, images, action, lr_logits).argmax(1)
 
+
+def draw(path: Path, spec, shown: torch.Tensor, action: torch.Tensor, labels: torch.Tensor,
+         predicted: torch.Tensor, heat: torch.Tensor, count: int, names: list[str] | None, title: str) -> None:
+    """Draw to ``path``: each image with its dropped patches crossed out and its true and predicted
+    label, and the heat map of keep frequencies beside them."""
     import matplotlib  # noqa: PLC0415 (only figures need it)
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
+    name = (lambda k: names[k] if names and k < len(names) else str(k))  # noqa: E731
+    n = len(shown)
     cols = min(n, 4)
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols + 1, figsize=(2.0 * (cols + 1), 2.5 * rows), squeeze=False)
@@ -127,14 +114,38 @@ def main(args: argparse.Namespace) -> str:
                          color="white" if heat[r, c] < 0.6 else "black")
     heat_ax.set_xticks([])
     heat_ax.set_yticks([])
-    heat_ax.set_title(f"kept, over {count}\ntest images (mean {kept.sum() / count:.1f})", fontsize=8)
+    heat_ax.set_title(f"kept, over {count}\ntest images (mean {heat.sum():.1f})", fontsize=8)
     fig.colorbar(picture, ax=heat_ax, fraction=0.046, pad=0.04)
-    fig.suptitle(f"{spec.name} {ckpt['stage']}: HR patches acquired (dropped: LR, crossed out)", fontsize=9)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    out = Path(args.out or f"figures/policy_{spec.name}_{ckpt['stage']}.png")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=130)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=130)
     plt.close(fig)
+
+
+def main(args: argparse.Namespace) -> str:
+    spec, device = start_eval(args)
+    if args.num_images <= 0:
+        raise PatchDropError(f"--num_images must be positive, got {args.num_images}")
+    ckpt, evaluator = load_evaluator(spec, args.load, args.ckpt_lr_cl, Accel(device))
+    if evaluator.agent is None:
+        raise PatchDropError(f"{ckpt['path']}: a {ckpt['stage']} checkpoint has no policy to draw; pass a "
+                             f"pretrain, finetune or finetune2stream checkpoint")
+    test_set = eval_test_set(args, spec)
+    loader = build_loader(test_set, args.batch_size, train=False, num_workers=args.num_workers,
+                          device=device, seed=args.seed)
+    heat, count = keep_frequency(evaluator, loader, device, spec.grid)
+
+    # The shown images: a seeded random choice of the test split.
+    n = min(args.num_images, len(test_set))
+    picks = torch.randperm(len(test_set), generator=torch.Generator().manual_seed(args.seed))[:n].tolist()
+    images = torch.stack([test_set[i][0] for i in picks]).to(device)
+    labels = torch.tensor([int(test_set[i][1]) for i in picks], device=device)
+    action, predicted = policy_on(evaluator, images)
+    shown = to_rgb(composite(images, action, evaluator.lr_size), spec.mean, spec.std)
+    out = Path(args.out or f"figures/policy_{spec.name}_{ckpt['stage']}.png")
+    draw(out, spec, shown, action, labels, predicted, heat, count, class_names(test_set),
+         f"{spec.name} {ckpt['stage']}: HR patches acquired (dropped: LR, crossed out)")
     print(f"wrote {out}")
     return str(out)
 

@@ -16,8 +16,6 @@ import argparse
 import itertools
 import json
 import time
-from argparse import Namespace
-from types import SimpleNamespace
 
 import torch
 
@@ -26,9 +24,8 @@ import finetune
 import finetune2stream
 import pretrain
 from models import build_model
-from utils.accel import Accel
+from utils.accel import Accel, configure_backends, device_name, select_device, synchronize
 from utils.data import build_loaders
-from utils.runtime import device_name, select_device, synchronize
 from utils.spec import STAGES, get_spec
 
 # Training images of the full datasets, for the projection (fMoW's count depends on the preprocessing).
@@ -86,11 +83,11 @@ def batches(stage: str, spec, args, accel: Accel, batch_size: int):
         x = torch.randn(batch_size, 3, spec.hr_size, spec.hr_size)
         batch = accel.inputs(x, torch.randint(spec.num_classes, (batch_size,)))
         return itertools.repeat(batch)
-    options = Namespace(data_dir=args.data_dir, batch_size=batch_size, no_download=True, fake_data=args.fake_data,
-                        train_samples=args.train_samples, test_samples=1, gpu_data=args.gpu_data,
-                        channels_last=args.channels_last, num_workers=args.num_workers, seed=0)
-    loader, _ = build_loaders(spec, options, accel.device)
-    return (accel.inputs(x, y) for x, y in itertools.cycle(loader))
+    data = build_loaders(spec, accel.device, data_dir=args.data_dir, batch_size=batch_size,
+                         num_workers=args.num_workers, seed=0, download=False, fake_data=args.fake_data,
+                         train_samples=args.train_samples, test_samples=1, gpu_data=args.gpu_data,
+                         memory_format=accel.memory_format)
+    return (accel.inputs(x, y) for x, y in itertools.cycle(data.train))
 
 
 def measure(stage: str, spec, args, accel: Accel) -> dict:
@@ -123,8 +120,8 @@ def measure(stage: str, spec, args, accel: Accel) -> dict:
 
 def main(args: argparse.Namespace) -> list[dict]:
     spec, device = get_spec(args.model), select_device(args.device)
-    torch.backends.cudnn.benchmark = device.type == "cuda"
-    accel = Accel(SimpleNamespace(amp=args.amp, channels_last=args.channels_last, compile=args.compile), device)
+    configure_backends(device)
+    accel = Accel(device, amp=args.amp, channels_last=args.channels_last, compile=args.compile)
     options = " ".join(f"--{k}" for k in ("amp", "channels_last", "compile", "gpu_data", "synthetic")
                        if getattr(args, k)) or "default"
     print(f"{args.model} on {device_name(device)}, torch {torch.__version__}, options: {options}; "

@@ -15,7 +15,6 @@ import copy
 import json
 import statistics
 import time
-from types import SimpleNamespace
 
 import torch
 
@@ -25,8 +24,7 @@ import finetune2stream
 import pretrain
 from bench import reference
 from models import build_model
-from utils.accel import Accel
-from utils.runtime import device_name, select_device, synchronize
+from utils.accel import Accel, device_name, select_device, synchronize
 from utils.spec import get_spec
 
 STAGES = ("classifier_hr", "classifier_lr", "pretrain", "finetune", "finetune2stream")
@@ -126,8 +124,7 @@ def measure(steps: dict, args, device) -> dict:
 def main(args: argparse.Namespace) -> list[dict]:
     spec, device = get_spec(args.model), select_device(args.device)
     torch.manual_seed(0)
-    accel = Accel(SimpleNamespace(amp=args.amp, channels_last=args.channels_last, compile=args.compile),
-                  device)
+    accel = Accel(device, amp=args.amp, channels_last=args.channels_last, compile=args.compile)
     inputs = torch.randn(args.batch_size, 3, spec.hr_size, spec.hr_size, device=device)
     targets = torch.randint(spec.num_classes, (args.batch_size,), device=device)
     options = " ".join(f"--{name}" for name in ("amp", "channels_last", "compile") if getattr(accel, name))

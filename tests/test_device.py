@@ -2,14 +2,14 @@
 saved and restored for the run's GPU only, cuDNN settings, --amp on GPUs without native bfloat16, the
 --gpu_data memory format, DataLoader workers, and refusals that come before anything is loaded or
 deleted."""
-from types import SimpleNamespace
 
 import pytest
 import torch
 
 import classifier_training
 from tests.test_stages import run
-from utils import data, distributed, runtime
+from utils import accel, data, distributed
+from utils import run as run_dir
 from utils.accel import Accel
 from utils.cli import check_args
 from utils.errors import PatchDropError
@@ -37,42 +37,42 @@ def fake_gpus(monkeypatch):
 
 
 def test_device_cuda_n_becomes_the_current_device(fake_gpus):
-    assert runtime.select_device("cuda:1") == CUDA1
-    assert runtime.select_device("cuda") == torch.device("cuda", 0)  # indexed: the current device
+    assert accel.select_device("cuda:1") == CUDA1
+    assert accel.select_device("cuda") == torch.device("cuda", 0)  # indexed: the current device
     assert fake_gpus["set_device"] == [CUDA1, torch.device("cuda", 0)]
     with pytest.raises(PatchDropError, match="there are 2 GPUs"):
-        runtime.select_device("cuda:2")
+        accel.select_device("cuda:2")
 
 
 def test_only_the_run_devices_random_state_is_saved_and_restored(fake_gpus):
-    state = runtime.capture_rng(None, CUDA1)
+    state = run_dir.capture_rng(None, CUDA1)
     assert fake_gpus["get_rng_state"] == [CUDA1] and state["cuda"].shape == (8,)
-    runtime.restore_rng(state, None, CUDA1)
+    run_dir.restore_rng(state, None, CUDA1)
     assert [d for _, d in fake_gpus["set_rng_state"]] == [CUDA1]
     # A checkpoint of earlier code held the states of all 8 GPUs of its machine: one GPU resumes it.
-    runtime.restore_rng({**state, "cuda": [torch.zeros(8, dtype=torch.uint8)] * 8}, None, torch.device("cuda", 0))
+    run_dir.restore_rng({**state, "cuda": [torch.zeros(8, dtype=torch.uint8)] * 8}, None, torch.device("cuda", 0))
     assert len(fake_gpus["set_rng_state"]) == 2
     # A CPU run neither saves nor sets a CUDA state.
-    assert runtime.capture_rng(None, torch.device("cpu"))["cuda"] is None
-    runtime.restore_rng(state, None, torch.device("cpu"))
+    assert run_dir.capture_rng(None, torch.device("cpu"))["cuda"] is None
+    run_dir.restore_rng(state, None, torch.device("cpu"))
     assert len(fake_gpus["set_rng_state"]) == 2
 
 
 def test_cudnn_benchmark_and_tf32_on_the_gpu():
     saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32)
     try:
-        runtime.configure_backends(torch.device("cuda", 0))
+        accel.configure_backends(torch.device("cuda", 0))
         assert torch.backends.cudnn.benchmark and torch.backends.cudnn.allow_tf32
-        runtime.configure_backends(torch.device("cuda", 0), tf32=False)  # --no_tf32
+        accel.configure_backends(torch.device("cuda", 0), tf32=False)  # --no_tf32
         assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
     finally:
         torch.backends.cudnn.benchmark, torch.backends.cudnn.allow_tf32 = saved
 
 
 def test_amp_on_a_gpu_without_native_bf16_is_a_note(fake_gpus):
-    accel = Accel(SimpleNamespace(amp=True), torch.device("cuda", 0))
+    accel = Accel(torch.device("cuda", 0), amp=True)
     assert not accel.amp
-    assert accel.notes == ["note: --amp ignored: Tesla V100 (compute capability 7.0) has no native bfloat16 "
+    assert accel.notes == ["--amp ignored: Tesla V100 (compute capability 7.0) has no native bfloat16 "
                            "and would emulate it, slower than float32; running float32"]
 
 
@@ -119,7 +119,7 @@ def args_for(*argv):
 def test_flags_that_cannot_work_are_refused_by_check_args(argv, world, message):
     args = args_for("--batch_size", 128, *argv)
     with pytest.raises(PatchDropError, match=message):
-        check_args(args, SPECS[args.model], world)
+        check_args(args, SPECS[args.model], "classifier_hr", world)
 
 
 def test_gpu_data_on_a_224px_dataset_is_refused_before_overwrite_deletes(tmp_path):

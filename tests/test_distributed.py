@@ -176,23 +176,25 @@ def test_torchrun_resume_reseeds_each_rank_and_restores_the_shared_data_order(tm
     """Only rank 0's random state is in a checkpoint: on a torchrun resume every rank reseeds from
     (--seed, rank, epoch), except the --gpu_data generator, which is the same on all ranks."""
     from utils.checkpoint import load_checkpoint
-    from utils.runtime import Run
+    from utils.run import Run
 
     args = ["--fake_data", "--train_samples", 32, "--test_samples", 16, "--batch_size", 16, "--num_workers", 0,
             "--device", "cpu", "--gpu_data", "--seed", 5]
     run(classifier_training, "--cv_dir", tmp_path, "--max_epochs", 2, *args)
     resume = load_checkpoint(tmp_path, stages=("classifier_hr",), model="R32_C10")
-    resumed_args = classifier_training.get_args_parser().parse_args([str(a) for a in args] + ["--resume"])
-    resumed_args.model, resumed_args.overwrite, resumed_args.cv_dir = "R32_C10", False, str(tmp_path)
     monkeypatch.setattr(distributed, "world_size", lambda: 2)
     monkeypatch.setattr(distributed, "rank", lambda: 1)
     monkeypatch.setattr(distributed, "is_main", lambda: False)
     shared = DeviceLoader(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.arange(4), SPECS["R32_C10"], 2,
                           train=True, device=torch.device("cpu"), seed=0)
-    notes = Run(resumed_args, "classifier_hr", "test_accuracy", torch.device("cpu"), resume).attach(shared)
+    def resumed_run():
+        return Run(tmp_path, "classifier_hr", "R32_C10", config=resume["args"], max_epochs=4, test_interval=1,
+                   seed=5, score_key="test_accuracy", device=torch.device("cpu"), resume=resume)
+
+    notes = resumed_run().track_rng(shared.generator, shared_by_ranks=True)
     assert notes and "reseeded from --seed, its rank and the epoch (2)" in notes[0]
     assert torch.equal(shared.generator.get_state(), resume["rng"]["data"])
     assert torch.initial_seed() == 5 + 1 + 2 * 2
     per_rank = torch.utils.data.DataLoader(list(range(4)), generator=torch.Generator())
-    Run(resumed_args, "classifier_hr", "test_accuracy", torch.device("cpu"), resume).attach(per_rank)
+    resumed_run().track_rng(per_rank.generator, shared_by_ranks=False)
     assert per_rank.generator.initial_seed() == 5 + 1 + 2 * 2

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -88,7 +87,7 @@ def test_sweeps_are_monotone_in_patches_kept():
     torch.manual_seed(0)
     agent, hr = build_model("resnet8_cifar", 16), build_model("resnet32_cifar", 10)
     evaluator = Evaluator(agent=agent, resnet_hr=hr, resnet_lr=None, fusion=None, grid=4, lr_size=8,
-                          penalty=-10, accel=Accel(SimpleNamespace(), CPU))
+                          penalty=-10, accel=Accel(CPU))
     _, test = build_datasets(SPECS["R32_C10"], "unused", fake_data=True, train_samples=1, test_samples=96)
     thresholds = [Setting("threshold", t) for t in (0.0, 0.3, 0.45, 0.5, 0.55, 0.7, 1.0)]
     budgets = [Setting("budget", k) for k in range(17)]

@@ -16,9 +16,8 @@ import finetune2stream
 import pretrain
 from models import build_model
 from utils.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
-from utils.cli import apply_defaults, apply_fixed_defaults
+from utils.cli import resolve_defaults
 from utils.errors import PatchDropError
-from utils.spec import get_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE = ["--fake_data", "--train_samples", 32, "--test_samples", 16, "--num_workers", 0, "--batch_size", 16,
@@ -66,8 +65,7 @@ def test_stages_load_the_latest_not_the_best_epoch(tmp_path):
 ])
 def test_classifier_defaults_per_spec(model, optimizer, lr, wd, milestones):
     args = classifier_training.get_args_parser().parse_args(["--model", model])
-    apply_fixed_defaults(args)
-    apply_defaults(args, get_spec(model), "classifier_hr")
+    args = resolve_defaults(args, "classifier_hr")
     assert (args.optimizer, args.lr, args.wd, args.lr_milestones, args.test_interval) == \
         (optimizer, lr, wd, milestones, 5)
 

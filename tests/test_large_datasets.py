@@ -1,5 +1,7 @@
-"""ImageNet and fMoW: the context-crop rule, the fMoW preprocessing command, the CSV and image-folder
-loaders, --pretrained, and the four stages chained on small generated trees for both 224-px models."""
+"""ImageNet and fMoW: the context-crop rule, the fMoW preprocessing command (scripts/prepare_fmow.py), the
+CSV and image-folder loaders, --pretrained, and the four stages chained on small generated trees for both
+224-px models."""
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -14,13 +16,14 @@ import classifier_training
 from tests.test_stages import check_chain_outputs, chain, ckpt, run
 from tests.trees import IMAGENET_CLASSES, make_fmow_tree, make_imagenet_tree
 from utils import fmow
-from utils.checkpoint import load_pretrained
+from utils.weights import load_pretrained
 from utils.data import build_datasets, build_transform, load_rgb, read_image_csv
 from utils.errors import PatchDropError
 from utils.spec import IMAGENET_MEAN, IMAGENET_STD, SPECS
 
 ROOT = Path(__file__).resolve().parents[1]
 IMGNET, FMOW = SPECS["R50_ImgNet"], SPECS["R34_fMoW"]
+PREPARE_FMOW = ROOT / "scripts" / "prepare_fmow.py"
 
 
 # --- the context rule of the fMoW baseline ---------------------------------------------------------
@@ -58,12 +61,21 @@ def test_categories_are_the_official_62():
 
 # --- the preprocessing command -----------------------------------------------------------------------
 
+def load_prepare_fmow():
+    """scripts/prepare_fmow.py as a module (scripts/ is no package), for calling its preprocess in process."""
+    spec = importlib.util.spec_from_file_location("prepare_fmow", PREPARE_FMOW)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # so that its functions pickle, should a test use --workers > 1
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.fixture(scope="module")
 def fmow_data(tmp_path_factory):
     """The fMoW test tree preprocessed into <data_dir>/fMoW (by the command line, with 2 workers)."""
     root = tmp_path_factory.mktemp("fmow")
     src = make_fmow_tree(root / "src")
-    proc = subprocess.run([sys.executable, "-m", "utils.fmow", "--src", src, "--dst", root / "data" / "fMoW",
+    proc = subprocess.run([sys.executable, PREPARE_FMOW, "--src", src, "--dst", root / "data" / "fMoW",
                            "--workers", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     return root, proc
 
@@ -97,12 +109,12 @@ def test_preprocessing_again_reuses_the_crops(fmow_data):
     root, _ = fmow_data
     dst = root / "data" / "fMoW"
     before = (dst / "train.csv").read_text()
-    totals = fmow.preprocess(root / "src", dst, workers=1, progress=False)
+    totals = load_prepare_fmow().preprocess(root / "src", dst, workers=1, progress=False)
     assert (totals["written"], totals["kept"]) == (0, 8) and (dst / "train.csv").read_text() == before
 
 
 def test_preprocessing_without_fmow_layout_is_a_short_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "utils.fmow", "--src", tmp_path, "--dst", tmp_path / "out"],
+    proc = subprocess.run([sys.executable, PREPARE_FMOW, "--src", tmp_path, "--dst", tmp_path / "out"],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "no fMoW metadata found" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -147,7 +159,7 @@ def test_malformed_csv_names_the_line(tmp_path, text, message):
 
 
 def test_missing_fmow_csv_explains_the_preprocessing(tmp_path):
-    with pytest.raises(PatchDropError, match="no train.csv or test.csv.*python -m utils.fmow"):
+    with pytest.raises(PatchDropError, match="no train.csv or test.csv.*python scripts/prepare_fmow.py"):
         build_datasets(FMOW, tmp_path)
     with pytest.raises(PatchDropError, match=r"no ImageNet data under .*ImageNet/train/<wnid>"):
         build_datasets(IMGNET, tmp_path)

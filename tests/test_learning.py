@@ -1,7 +1,6 @@
 """Learning actually happens: the classifier stage on an easy task; the RL sanity task of the policy,
 where the label is visible in one HR patch whose position shows in the LR image; and the finetune
 mechanism, on the same task with a background that a classifier trained on full images depends on."""
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -15,8 +14,8 @@ from models import build_model
 from utils.accel import Accel, bf16_supported
 from utils.policy import downsample, mask_image
 
-CPU = Accel(SimpleNamespace(), torch.device("cpu"))
-AMP = Accel(SimpleNamespace(amp=True), torch.device("cpu"))
+CPU = Accel(torch.device("cpu"))
+AMP = Accel(torch.device("cpu"), amp=True)
 needs_bf16 = pytest.mark.skipif(not bf16_supported(torch.device("cpu")), reason="this CPU has no bf16")
 
 

@@ -4,7 +4,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -104,7 +103,7 @@ def test_amp_keeps_the_policy_math_in_float32():
     seen = []
     hr.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     optimizer = torch.optim.Adam(agent.parameters(), lr=1e-3)
-    amp = Accel(SimpleNamespace(amp=True), CPU)
+    amp = Accel(CPU, amp=True)
     x, y = torch.randn(8, 3, 32, 32), torch.randint(10, (8,))
     correct, reward, action, baseline, loss = pretrain.train_step(
         agent, hr, x, y, optimizer, amp, penalty=-0.5, alpha=0.8, lr_size=8)
@@ -163,7 +162,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
     model = build_model("resnet32_cifar", 10)
     load_weights(model, saved, "state_dict")
     _, test = build_datasets(C10, "unused", fake_data=True, train_samples=64, test_samples=30)
-    accel = Accel(SimpleNamespace(), CPU)
+    accel = Accel(CPU)
     loader = torch.utils.data.DataLoader(test, batch_size=16)
     single = classifier_training.evaluate(model, loader, accel, img_size=32)
     assert single["accuracy"] == pytest.approx(lines[-1]["test_accuracy"], abs=1e-9)

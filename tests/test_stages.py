@@ -163,12 +163,14 @@ def test_command_line_error_has_no_traceback(tmp_path, argv, message):
 
 
 def test_summary_says_when_a_subset_request_exceeds_the_split():
-    from types import SimpleNamespace
+    from argparse import Namespace
 
-    from utils.runtime import run_summary
+    from utils.cli import run_summary
+    from utils.data import Loaders
 
-    loader = lambda n: SimpleNamespace(dataset=range(n))  # noqa: E731
-    args = SimpleNamespace(model="R32_C10", max_epochs=3, train_samples=500, test_samples=None)
-    lines = run_summary("pretrain", args, loader(300), loader(100), "cpu", 0)
+    data = Loaders(train=[], test=[], train_size=300, test_size=100, generator=torch.Generator(),
+                   shared_by_ranks=False)
+    args = Namespace(model="R32_C10", max_epochs=3, train_samples=500, test_samples=None)
+    lines = run_summary("pretrain", args, data, "cpu", 0)
     assert lines == ["pretrain R32_C10: 300 train / 100 test images, epochs 0..2, device cpu",
                      "note: --train_samples 500 is more than the split's 300 images; using all"]

@@ -1,19 +1,24 @@
-"""Code shared by the four PatchDrop stage scripts: one module per concept.
+"""Code shared by the PatchDrop scripts: one module per concept.
 
 spec        the per-dataset table keyed by --model (sizes, classes, architectures, default settings)
 data        datasets, transforms and loaders
-policy      policy, mask and reward functions (pure, batched tensor code)
-checkpoint  the one checkpoint schema: atomic save, safe and validated load
-files       crash-safe writes (temporary file, flush, rename)
-metrics     per-epoch statistics, console lines, metrics.jsonl and TensorBoard
-accel       speed options: --amp, --channels_last, --compile, --parallel, DDP wrapping
-distributed torchrun: process group, ranks, metrics gathered over ranks
 gpu_data    --gpu_data: a CIFAR split held, augmented and normalized on the device
-runtime     stage set-up (spec, defaults, checks, seeds, device), run directories
-cli         the flags every stage script shares
-fmow        the fMoW preprocessing command (python -m utils.fmow)
+policy      policy, mask and reward functions (pure, batched tensor code)
+accel       device and dtype: device choice, backends, seeds, --amp, --channels_last, --compile,
+            --parallel, DDP wrapping
+distributed torchrun: process group, ranks, metrics gathered over ranks
+checkpoint  the one checkpoint schema: atomic save, safe and validated load
+weights     where each stage's networks start from: earlier stages' checkpoints, --pretrained
+run         a stage's run directory: metrics, checkpoints each epoch, random state, resume
+metrics     per-epoch statistics, console lines, metrics.jsonl and TensorBoard
+evaluation  settings (policy, budgets, baselines) scored in one pass; FLOPs
+cli         the command line: flags, defaults, checks, and the stage entry (``run_cli``)
+fmow        fMoW categories and the context-crop rule (the command is scripts/prepare_fmow.py)
+files       crash-safe writes (temporary file, flush, rename)
 errors      PatchDropError, the error that ends a run with a short message
 
-Apart from the ``python -m utils.fmow`` command and ``runtime.run_cli`` (the scripts' entry point),
-nothing in utils/ parses the command line or prints: it returns values and raises PatchDropError.
+Values flow one way: a script's ``main`` resolves its flags (``cli.resolve_defaults``) and hands plain
+values to the other modules; only ``cli`` reads the argparse Namespace. Apart from ``cli.run_cli``
+(the scripts' entry point, which turns errors into one line), nothing in utils/ parses the command
+line or prints: it returns values, notes for the user as plain sentences, and raises PatchDropError.
 """

@@ -1,4 +1,5 @@
-"""Speed options of every stage, off by default so results stay those of the paper's setting:
+"""Device and dtype in one place: which device a process runs on, how its backends are set up, its
+seeds, and the speed options of a run (off by default, so results stay those of the paper's setting):
 
 --amp            bfloat16 autocast around the networks' forward passes (CUDA, or a CPU with bf16
                  support); sampling, log-probabilities, rewards and losses stay float32, because the
@@ -9,12 +10,69 @@
 Under torchrun the trainable networks are wrapped in DistributedDataParallel instead.
 """
 import contextlib
+import platform
+import random
 import warnings
 
+import numpy as np
 import torch
 from torch import nn
 
 from . import distributed
+from .errors import PatchDropError
+
+
+def select_device(name: str) -> torch.device:
+    """``auto`` picks CUDA when available, else the CPU; an unavailable CUDA device is an error. A GPU
+    is returned with its index and made the current device, so nothing (pinned-memory threads, kernels
+    launched without a device) opens a context on GPU 0 when --device cuda:N names another."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PatchDropError(f"unknown --device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise PatchDropError(f"--device {name}: CUDA is not available here; use --device cpu")
+        index = torch.cuda.current_device() if device.index is None else device.index
+        if index >= torch.cuda.device_count():
+            raise PatchDropError(f"--device {name}: there are {torch.cuda.device_count()} GPUs "
+                                 f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+        device = torch.device("cuda", index)
+        torch.cuda.set_device(device)
+    return device
+
+
+def configure_backends(device: torch.device, *, tf32: bool = True) -> None:
+    """cuDNN picks the fastest convolution algorithm for the (fixed) input shapes of a run. With ``tf32``
+    False (--no_tf32) convolutions and matrix products on the GPU run in full float32 instead of the
+    TF32 that cuDNN uses by default for float32 convolutions on Ampere and newer GPUs."""
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cuda.matmul.allow_tf32 = False  # PyTorch's default; TF32 matmuls are not used
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def device_name(device: torch.device) -> str:
+    """The device in words, for reports: the GPU's name, or the CPU and its thread count."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads"
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (timings); nothing to wait for on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -30,25 +88,30 @@ def bf16_supported(device: torch.device) -> bool:
 
 
 class Accel:
-    """The speed options of one run on ``device``; ``notes`` says what was changed or refused."""
+    """The speed options of one run on ``device``. ``notes`` holds what the user should hear about
+    them (an option that cannot work here and was turned off), for the caller to show."""
 
-    def __init__(self, args, device: torch.device):
+    def __init__(self, device: torch.device, *, amp: bool = False, channels_last: bool = False,
+                 compile: bool = False, parallel: bool = False):
         self.device = device
         self.notes: list[str] = []
-        self.amp = bool(getattr(args, "amp", False))
-        if self.amp and not bf16_supported(device):
+        self.amp = amp
+        if amp and not bf16_supported(device):
             self.amp = False
             what = (f"{torch.cuda.get_device_name(device)} (compute capability "
                     f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))}) has no native bfloat16 "
                     f"and would emulate it, slower than float32" if device.type == "cuda"
                     else f"{device} has no bfloat16 support")
-            self.notes.append(f"note: --amp ignored: {what}; running float32")
-        self.channels_last = bool(getattr(args, "channels_last", False))
-        self.compile = bool(getattr(args, "compile", False))
-        self.parallel = bool(getattr(args, "parallel", False))
+            self.notes.append(f"--amp ignored: {what}; running float32")
+        self.channels_last, self.compile, self.parallel = channels_last, compile, parallel
         # Frozen classifiers score the greedy and the sampled masks. One pass over the 2B images is
         # faster on a GPU; two passes over B were faster on the CPU (bench/step_speed.py --frozen_pass).
         self.batch_frozen_passes = device.type == "cuda"
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        """The layout of input batches and networks: NHWC with --channels_last."""
+        return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def autocast(self):
         """Context for the networks' forward passes: bf16 autocast with --amp, else nothing."""

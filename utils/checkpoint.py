@@ -1,4 +1,5 @@
-"""The one checkpoint schema of every stage, written atomically and loaded without running code.
+"""The one checkpoint schema of every stage, written atomically and loaded without running code. (Which
+checkpoint each stage starts its networks from is utils/weights.py.)
 
 A checkpoint is a plain dict that ``torch.load(weights_only=True)`` can read:
 
@@ -12,7 +13,7 @@ A checkpoint is a plain dict that ``torch.load(weights_only=True)`` can read:
     best_score      best test accuracy (classifiers) or test reward (policy stages) so far
     metrics         the epoch's metrics dict
     args            the run's arguments as a plain dict
-    rng             the state of every random generator at the end of the epoch (runtime.capture_rng),
+    rng             the state of every random generator at the end of the epoch (run.capture_rng),
                     so --resume continues bit-for-bit; None in checkpoints written outside a run
 
 Each run directory holds ``ckpt_last.pt`` (every epoch) and ``ckpt_best.pt`` (best test score). A run
@@ -82,7 +83,7 @@ def resolve_checkpoint(path: str | Path, default_name: str = LAST) -> Path:
     return path
 
 
-def _safe_load(path: Path):
+def safe_load(path: Path):
     """``torch.load(path, weights_only=True)`` on the CPU, every failure a one-line PatchDropError."""
     try:
         with warnings.catch_warnings():  # torch warns about old pickle protocols before refusing them
@@ -109,7 +110,7 @@ def load_checkpoint(path: str | Path, *, stages: tuple[str, ...], model: str | N
     names the file, what was expected and what was found.
     """
     path = resolve_checkpoint(path, default_name)
-    ckpt = _safe_load(path)
+    ckpt = safe_load(path)
     what = f"a {' or '.join(stages)} checkpoint" + (f" for --model {model}" if model else "")
     if not isinstance(ckpt, dict) or any(key not in ckpt for key in REQUIRED_KEYS):
         found = sorted(ckpt)[:8] if isinstance(ckpt, dict) else type(ckpt).__name__
@@ -137,78 +138,7 @@ def load_weights(net: nn.Module, ckpt: dict, key: str) -> None:
         raise PatchDropError(f"{path}: '{key}' weights do not fit the network: {first}") from None
 
 
-def load_required(path: str | Path | None, flag: str, *, stages: tuple[str, ...], model: str,
-                  hint: str) -> dict:
-    """load_checkpoint for a flag the stage cannot run without: a missing flag is an error that says
-    how to make the checkpoint (``hint``), never a silent fallback to random weights."""
-    if path is None:
-        raise PatchDropError(f"{flag} is required: the {' or '.join(stages)} checkpoint ({hint})")
-    return load_checkpoint(path, stages=stages, model=model)
-
-
 def load_all_weights(nets: dict[str, nn.Module], ckpt: dict) -> None:
     """Every network of ``nets`` from the checkpoint key of the same name (resuming a stage)."""
     for key, net in nets.items():
         load_weights(net, ckpt, key)
-
-
-def init_policy_and_hr(agent: nn.Module, resnet_hr: nn.Module, *, load: str | None, load_stage: str,
-                       ckpt_hr_cl: str | None, model: str) -> list[str]:
-    """Start a fine-tuning stage: the policy from ``load`` (a ``load_stage`` checkpoint), the HR
-    classifier from ``ckpt_hr_cl`` when given, else the one stored in ``load``. Returns notes for the
-    user (e.g. that the policy starts from random weights)."""
-    notes = []
-    earlier = load_checkpoint(load, stages=(load_stage,), model=model) if load else None
-    if earlier:
-        load_weights(agent, earlier, "agent")
-    else:
-        notes.append(f"no --load given: the policy starts from random weights, not a {load_stage} run")
-    if ckpt_hr_cl or not earlier:
-        hr_ckpt = load_required(ckpt_hr_cl, "--ckpt_hr_cl", stages=("classifier_hr",), model=model,
-                                hint=f"from classifier_training.py --mode hr, or pass --load with a "
-                                     f"{load_stage} run")
-        load_weights(resnet_hr, hr_ckpt, "state_dict")
-    else:
-        load_weights(resnet_hr, earlier, "resnet_hr")
-    return notes
-
-
-def load_pretrained(net: nn.Module, path: str | Path) -> str:
-    """Initialize a classifier from a torchvision-format state dict (``--pretrained``), such as the
-    ImageNet weights file of torchvision's ResNet-34 or ResNet-50, read with ``weights_only=True``.
-
-    A dict holding the state dict under "state_dict" or "model" is accepted too. When the final linear
-    layer has another class count (ImageNet's 1000 against fMoW's 62) it is left freshly initialized,
-    i.e. replaced to fit; every other tensor must be present with the same shape. Returns a note for the
-    user.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise PatchDropError(f"--pretrained {path}: no such file; pass a torchvision-format state dict "
-                             f"(for example resnet34-b627a593.pth from torchvision's model zoo)")
-    weights = _safe_load(path)
-    if isinstance(weights, dict) and isinstance(weights.get("state_dict", weights.get("model")), dict):
-        weights = weights.get("state_dict", weights.get("model"))
-    if not isinstance(weights, dict) or not all(isinstance(v, torch.Tensor) for v in weights.values()):
-        raise PatchDropError(f"--pretrained {path}: expected a state dict (parameter name -> tensor), "
-                             f"found {type(weights).__name__}")
-    net = unwrap(net)
-    own = net.state_dict()
-    head = [name for name, module in net.named_modules() if isinstance(module, nn.Linear)][-1]
-    head_keys = {f"{head}.weight", f"{head}.bias"}
-    replaced = {k for k in head_keys if k in weights and k in own and weights[k].shape != own[k].shape}
-    missing = sorted(k for k in own if k not in weights)
-    unexpected = sorted(k for k in weights if k not in own)
-    wrong = sorted(k for k in own if k in weights and k not in replaced and weights[k].shape != own[k].shape)
-    if missing or unexpected or wrong:
-        details = "; ".join(f"{label}: {', '.join(keys[:3])}{' ...' if len(keys) > 3 else ''}"
-                            for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                                ("other shape", wrong)) if keys)
-        raise PatchDropError(f"--pretrained {path}: does not fit the {type(net).__name__} of this "
-                             f"--model ({details}); pass weights of the same architecture")
-    net.load_state_dict({k: v for k, v in weights.items() if k not in replaced}, strict=False)
-    note = f"initialized from --pretrained {path}"
-    if replaced:
-        old, new = weights[f"{head}.weight"].shape[0], own[f"{head}.weight"].shape[0]
-        note += f"; final layer '{head}' replaced ({old} -> {new} outputs, random init)"
-    return note

@@ -7,13 +7,15 @@ Each ``--model``'s dataset is read from ``--data_dir``:
     when missing unless ``download=False``, as the authors' code did;
   * ImageNet: image folders ``<data_dir>/ImageNet/{train,test}/<wnid>/<image>`` (the authors' layout);
   * fMoW: ``<data_dir>/fMoW/train.csv`` and ``test.csv``, rows ``label,location`` (see ``read_image_csv``),
-    as written by ``python -m utils.fmow``.
+    as written by ``python scripts/prepare_fmow.py``.
 Every image file is decoded by ``load_rgb`` (grayscale, CMYK, palette and alpha images become RGB; a file
 that cannot be decoded is an error naming it). ``fake_data=True`` serves random images of the right
 shape instead, for smoke runs.
 """
 import csv
 import os
+from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -81,7 +83,7 @@ def _layout_help(spec: ModelSpec, data_dir: Path) -> str:
     root = data_dir / spec.dataset
     if spec.dataset == "fMoW":
         expected = (f"expected {root}/train.csv and {root}/test.csv (rows: label,location), written by "
-                    f"'python -m utils.fmow --src <fMoW-rgb> --dst {root}'")
+                    f"'python scripts/prepare_fmow.py --src <fMoW-rgb> --dst {root}'")
     elif spec.dataset == "ImageNet":
         expected = f"expected image folders {root}/train/<wnid>/* and {root}/test/<wnid>/*"
     else:
@@ -268,21 +270,47 @@ def default_num_workers(spec: ModelSpec) -> int:
     return max(1, share - 1)
 
 
-def build_loaders(spec: ModelSpec, args, device: torch.device):
-    """Train and test loaders for a stage script, from its --data_dir, --batch_size (the total over all
-    processes under torchrun; check_args has made sure it divides), --num_workers, --seed,
-    --no_download, --fake_data, --train_samples, --test_samples, --gpu_data and --channels_last."""
-    batch_size = args.batch_size // distributed.world_size()
-    sets = build_datasets(spec, args.data_dir, download=not args.no_download, fake_data=args.fake_data,
-                          train_samples=args.train_samples, test_samples=args.test_samples,
-                          raw=args.gpu_data)
-    if args.gpu_data:  # CIFAR only (check_args)
+@dataclass
+class Loaders:
+    """A stage's training and test batches, and what the run needs to know about them."""
+    train: Iterable  # (normalized images [B, 3, H, W], labels [B]) batches: a DataLoader or a DeviceLoader
+    test: Iterable
+    train_size: int  # images of each split over all processes (after --train_samples / --test_samples)
+    test_size: int
+    generator: torch.Generator  # draws the training order and augmentations, or the workers' seeds
+    shared_by_ranks: bool  # the generator is the same on every rank (--gpu_data), not each rank's own
+    sampler: DistributedSampler | None = None  # under torchrun without --gpu_data
+
+    def train_epoch(self, epoch: int) -> Iterable:
+        """The training batches of ``epoch``; a DistributedSampler is told the epoch, so each epoch has
+        its own order (the other loaders draw it from their generator)."""
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        return self.train
+
+
+def build_loaders(spec: ModelSpec, device: torch.device, *, data_dir: str | Path, batch_size: int,
+                  num_workers: int, seed: int, download: bool = True, fake_data: bool = False,
+                  train_samples: int | None = None, test_samples: int | None = None,
+                  gpu_data: bool = False,
+                  memory_format: torch.memory_format = torch.contiguous_format) -> Loaders:
+    """Train and test batches of a stage script. ``batch_size`` is the total over all processes under
+    torchrun (each takes its share; the caller has checked that it divides). With ``gpu_data`` (CIFAR
+    only) the splits are held on ``device`` and batches come out in ``memory_format``; otherwise
+    DataLoaders with ``num_workers`` worker processes feed them."""
+    batch_size //= distributed.world_size()
+    train, test = build_datasets(spec, data_dir, download=download, fake_data=fake_data,
+                                 train_samples=train_samples, test_samples=test_samples, raw=gpu_data)
+    if gpu_data:
         from .gpu_data import DeviceLoader  # noqa: PLC0415 (only --gpu_data needs it)
 
-        memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-        options = dict(device=device, seed=args.seed, num_workers=args.num_workers, memory_format=memory_format)
-        return (DeviceLoader.from_dataset(sets[0], spec, batch_size, train=True, **options),
-                DeviceLoader.from_dataset(sets[1], spec, batch_size, train=False, **options))
-    options = dict(num_workers=args.num_workers, device=device, seed=args.seed)
-    return (build_loader(sets[0], batch_size, train=True, **options),
-            build_loader(sets[1], batch_size, train=False, **options))
+        options = dict(device=device, seed=seed, num_workers=num_workers, memory_format=memory_format)
+        train_loader = DeviceLoader.from_dataset(train, spec, batch_size, train=True, **options)
+        test_loader = DeviceLoader.from_dataset(test, spec, batch_size, train=False, **options)
+        return Loaders(train_loader, test_loader, len(train), len(test), train_loader.generator,
+                       shared_by_ranks=True)
+    options = dict(num_workers=num_workers, device=device, seed=seed)
+    train_loader = build_loader(train, batch_size, train=True, **options)
+    sampler = train_loader.sampler if isinstance(train_loader.sampler, DistributedSampler) else None
+    return Loaders(train_loader, build_loader(test, batch_size, train=False, **options), len(train),
+                   len(test), train_loader.generator, shared_by_ranks=False, sampler=sampler)

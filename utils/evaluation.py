@@ -25,12 +25,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from models import build_model
 
 from .checkpoint import load_checkpoint, load_weights
-from .data import build_datasets
-from .errors import PatchDropError
 from .metrics import PolicyStats
 from .policy import (apply_curriculum, compute_reward, curriculum_learned, downsample, fuse_logits,
                      greedy_action, mask_image)
 from .spec import STAGES
+from .weights import load_lr_classifier
 
 POLICY_METHODS = ("policy", "threshold", "budget")  # settings that need the policy network
 FIXED_METHODS = ("center", "fixed_h", "fixed_v")
@@ -175,12 +174,8 @@ def load_evaluator(spec, load: str, ckpt_lr_cl: str | None, accel, seed: int = 0
                                    else (spec.classifier_arch, spec.num_classes)))
         load_weights(nets[name], ckpt, key)
     if ckpt_lr_cl:
-        lr_ckpt = load_checkpoint(ckpt_lr_cl, stages=("classifier_lr",), model=spec.name)
-        if lr_ckpt["args"].get("img_size") != lr_size:
-            raise PatchDropError(f"{lr_ckpt['path']}: LR classifier trained on "
-                                 f"{lr_ckpt['args'].get('img_size')}px images, the policy sees {lr_size}px")
         nets["resnet_lr"] = build_model(spec.classifier_arch, spec.num_classes)
-        load_weights(nets["resnet_lr"], lr_ckpt, "state_dict")
+        load_lr_classifier(nets["resnet_lr"], ckpt_lr_cl, spec.name, lr_size)
     nets = {k: accel.prepare(v.requires_grad_(False), trainable=False) if v is not None else None
             for k, v in nets.items()}
     evaluator = Evaluator(**nets, fusion=saved.get("fusion", "sum") if stage == "finetune2stream" else None,
@@ -197,13 +192,6 @@ def curriculum_of(ckpt: dict, num_patches: int) -> torch.Tensor | None:
     if ckpt["stage"] != "pretrain" or not ckpt["args"].get("curriculum") or epoch >= num_patches:
         return None
     return curriculum_learned(epoch, num_patches)
-
-
-def test_split(spec, args):
-    """The test dataset of an evaluation command's --data_dir, --no_download, --fake_data and
-    --test_samples (the same fixed subset the training stages used)."""
-    return build_datasets(spec, args.data_dir, download=not args.no_download, fake_data=args.fake_data,
-                          train_samples=1, test_samples=args.test_samples)[1]
 
 
 def count_flops(net, size: int, device) -> int:

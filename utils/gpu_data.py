@@ -83,7 +83,6 @@ class DeviceLoader:
         self.mean = torch.tensor(spec.mean, device=device)[:, None, None]
         self.std = torch.tensor(spec.std, device=device)[:, None, None]
         self.generator = torch.Generator().manual_seed(seed)  # the same on every rank
-        self.dataset = self.labels  # len(loader.dataset): the number of images of the split
 
     @classmethod
     def from_dataset(cls, dataset: Dataset, spec: ModelSpec, batch_size: int, *, num_workers: int = 0,
