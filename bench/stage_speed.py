@@ -135,8 +135,8 @@ def main(args: argparse.Namespace) -> list[dict]:
         hours = f"{row['projected_hours']:.2f} h" if row["projected_hours"] is not None else "n/a"
         print(f"  {stage:<16} batch {row['batch_size']:>5}  {row['images_per_second']:9.0f} images/s  first step "
               f"{row['first_step_s']:6.1f} s  peak {memory:>9}  {row['paper_epochs']} epochs: {hours}", flush=True)
-    for line in accel.notes:
-        print(line)
+    for note in accel.notes:
+        print(f"note: {note}")
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=2)

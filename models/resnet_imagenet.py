@@ -2,7 +2,7 @@
 
 The HR and LR classifiers are torchvision's ResNet-50 (ImageNet) and ResNet-34 (fMoW) with the class
 count as output size; their state dicts therefore match torchvision's ImageNet weights files, which
-``--pretrained`` loads (utils/checkpoint.py, ``load_pretrained``). The policy network is the
+``--pretrained`` loads (utils/weights.py, ``load_pretrained``). The policy network is the
 ResNet-10 layout, BasicBlock x [1, 1, 1, 1], with one output per patch. All three end in adaptive
 average pooling, so the same network runs on 224-pixel HR and 56-pixel LR inputs.
 
