@@ -1,6 +1,7 @@
 """Faithful to the authors' final code: run directories mean their latest checkpoint, the optimizer and
 test interval of each spec, --resume that cannot change the objective, curriculum checkpoints scored as
 pretrain scored them, and one-line errors for CIFAR images of the wrong size."""
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -72,7 +73,9 @@ def test_classifier_defaults_per_spec(model, optimizer, lr, wd, milestones):
 
 def test_test_interval_defaults_to_five_in_every_stage():
     for script in (classifier_training, pretrain, finetune, finetune2stream):
-        assert script.get_args_parser().parse_args([]).test_interval == 5
+        args = script.get_args_parser().parse_args([])
+        assert resolve_defaults(args, "classifier_hr" if script is classifier_training else
+                                script.STAGE).test_interval == 5
 
 
 @pytest.mark.parametrize("optimizer,state_key", [("sgd", "momentum_buffer"), ("adam", "exp_avg")])
@@ -119,6 +122,23 @@ def test_resume_takes_the_flags_not_given_from_the_checkpoint(pretrain_run, tmp_
     assert metrics["epoch"] == 1 and saved["epoch"] == 1
     assert (saved["args"]["penalty"], saved["args"]["alpha"], saved["args"]["lr"]) == (-2.0, 0.9, 1e-3)
     assert saved["optimizer"]["param_groups"][0]["lr"] == 1e-3
+
+
+def test_resume_keeps_the_data_and_speed_flags_of_the_run(tmp_path):
+    """Every flag not given with --resume comes from the checkpoint, switches and data flags included
+    (resuming without --gpu_data or --fake_data must not silently change the data); an on/off speed
+    option can be switched off with its --no-... form."""
+    run(classifier_training, "--cv_dir", tmp_path, "--max_epochs", 1, "--gpu_data", "--channels_last",
+        "--seed", 3, "--test_interval", 2, *FAKE)
+    run(classifier_training, "--cv_dir", tmp_path, "--resume", "--max_epochs", 2)
+    kept = json.loads((tmp_path / "args.json").read_text())
+    assert (kept["gpu_data"], kept["channels_last"], kept["fake_data"], kept["seed"], kept["test_interval"],
+            kept["train_samples"], kept["batch_size"], kept["device"]) == (True, True, True, 3, 2, 32, 16, "auto")
+    run(classifier_training, "--cv_dir", tmp_path, "--resume", "--max_epochs", 3, "--no-gpu_data")
+    switched = json.loads((tmp_path / "args.json").read_text())
+    assert (switched["gpu_data"], switched["channels_last"]) == (False, True)
+    assert [json.loads(line)["epoch"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()] == \
+        [0, 1, 2]
 
 
 def test_fusion_change_on_resume_is_refused(tmp_path):

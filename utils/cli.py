@@ -26,39 +26,44 @@ from .run import Run
 from .spec import ModelSpec, get_spec
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
-    """The flags of all four scripts. A default of None means: from the spec table for --model."""
+    """The flags of all four scripts. A default of None means: from the --resume checkpoint when
+    resuming, else FIXED_DEFAULTS or the spec table for --model (``resolve_defaults``). The on/off speed
+    options have a --no-... form, so a resumed run can switch one off."""
+    on_off = argparse.BooleanOptionalAction
     add = parser.add_argument
     add("--model", default=None, help="dataset and architecture: R32_C10 (default), R32_C100, R50_ImgNet, "
                                       "R34_fMoW")
-    add("--data_dir", default="data/", help="dataset root (see data/README.md)")
+    add("--data_dir", default=None, help="dataset root (default: data/; see data/README.md)")
     add("--cv_dir", default="cv/tmp/", help="run directory: checkpoints, metrics, TensorBoard logs")
     add("--lr", type=float, default=None, help="learning rate (default: the paper's, per stage)")
     add("--batch_size", type=int, default=None, help="batch size (default: the paper's, per stage)")
     add("--max_epochs", type=int, default=None, help="epochs to train (default: per stage, README)")
-    add("--test_interval", type=int, default=5, help="test every N epochs (from epoch 0) and after the last")
+    add("--test_interval", type=int, default=None,
+        help="test every N epochs (from epoch 0) and after the last (default: 5)")
     add("--num_workers", type=int, default=None,
         help="DataLoader worker processes per process (default: 4 for CIFAR, or the CPUs if fewer; for "
              "224-px data the process's share of the CPUs less one)")
-    add("--seed", type=int, default=0, help="seed of weights, sampling and data order")
+    add("--seed", type=int, default=None, help="seed of weights, sampling and data order (default: 0)")
     add("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     add("--resume", nargs="?", const="", default=None, metavar="CKPT",
         help="continue this stage from a checkpoint file or run directory (its ckpt_last.pt); "
-             "with no value, from --cv_dir. Flags not given are taken from the checkpoint")
+             "with no value, from --cv_dir. Flags not given are taken from the checkpoint (all but "
+             "--cv_dir, --device and --overwrite)")
     add("--overwrite", action="store_true", help="start over in a --cv_dir that already holds a run")
     add("--train_samples", type=int, default=None, help="train on a fixed random subset of N images")
     add("--test_samples", type=int, default=None, help="test on a fixed random subset of N images")
-    add("--fake_data", action="store_true", help="random images of the right shape (smoke runs)")
-    add("--no_download", action="store_true", help="never download torchvision's CIFAR files")
+    add("--fake_data", action="store_true", default=None, help="random images of the right shape (smoke runs)")
+    add("--no_download", action="store_true", default=None, help="never download torchvision's CIFAR files")
     speed = parser.add_argument_group("speed (off by default; README, Performance)")
-    speed.add_argument("--amp", action="store_true",
+    speed.add_argument("--amp", action=on_off, default=None,
                        help="bfloat16 autocast for the networks' forward passes (CUDA, bf16-capable CPUs)")
-    speed.add_argument("--channels_last", action="store_true", help="NHWC memory format")
-    speed.add_argument("--compile", action="store_true", help="torch.compile the networks")
-    speed.add_argument("--gpu_data", action="store_true",
+    speed.add_argument("--channels_last", action=on_off, default=None, help="NHWC memory format")
+    speed.add_argument("--compile", action=on_off, default=None, help="torch.compile the networks")
+    speed.add_argument("--gpu_data", action=on_off, default=None,
                        help="CIFAR: hold the split in device memory, augment and normalize there")
-    speed.add_argument("--parallel", action="store_true",
+    speed.add_argument("--parallel", action=on_off, default=None,
                        help="nn.DataParallel over the visible GPUs (the authors' flag; prefer torchrun)")
-    speed.add_argument("--no_tf32", action="store_true",
+    speed.add_argument("--no_tf32", action="store_true", default=None,
                        help="strict float32 on the GPU: no TF32 in cuDNN convolutions (on by default from "
                             "Ampere on)")
 
@@ -90,8 +95,12 @@ def add_eval_args(parser: argparse.ArgumentParser, *, load_help: str, lr_help: s
 
 
 # Defaults that do not depend on --model. They are filled in after --resume has taken the flags not
-# given from the checkpoint, so a resumed run keeps the settings it was started with.
-FIXED_DEFAULTS = {"model": "R32_C10", "mode": "hr", "curriculum": False, "fusion": "sum"}
+# given from the checkpoint, so a resumed run keeps the settings it was started with. (--cv_dir,
+# --device and --overwrite keep their parser defaults: they belong to this invocation, not the run.)
+FIXED_DEFAULTS = {"model": "R32_C10", "mode": "hr", "curriculum": False, "fusion": "sum",
+                  "data_dir": "data/", "test_interval": 5, "seed": 0, "fake_data": False,
+                  "no_download": False, "amp": False, "channels_last": False, "compile": False,
+                  "gpu_data": False, "parallel": False, "no_tf32": False}
 
 # The flags that define what a stage optimizes. --resume refuses to change them: a run that continued
 # with another penalty or image size would report one objective and have trained another.
