@@ -67,10 +67,10 @@ def keep_frequency(evaluator: Evaluator, loader, device: torch.device, grid: int
 @torch.no_grad()
 def policy_on(evaluator: Evaluator, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The greedy action [B, P] on ``images`` and the model's prediction [B] from the patches kept."""
-    policy, lr_size = Setting("policy"), evaluator.lr_size
-    probs = torch.sigmoid(evaluator.agent(downsample(images, lr_size)).float())
+    policy, images_lr = Setting("policy"), downsample(images, evaluator.lr_size)
+    probs = torch.sigmoid(evaluator.agent(images_lr).float())
     action = evaluator.action(policy, probs, len(images), images.device, None)
-    lr_logits = evaluator.resnet_lr(downsample(images, lr_size)).float() if evaluator.fusion else None
+    lr_logits = evaluator.resnet_lr(images_lr).float() if evaluator.fusion else None
     return action, evaluator.logits(policy, images, action, lr_logits).argmax(1)
 
 

@@ -244,13 +244,13 @@ def run_summary(stage: str, args: Namespace, data: Loaders, device: torch.device
                 notes: list[str] = ()) -> list[str]:
     """Lines a stage prints before training: what runs where, subset requests that the split could not
     satisfy (the whole split is used then), and ``notes``."""
-    lines = [f"{stage} {args.model}: {data.train_size} train / {data.test_size} test images, "
-             f"epochs {start_epoch}..{args.max_epochs - 1}, device {device}"]
-    for flag, requested, found in (("--train_samples", args.train_samples, data.train_size),
-                                   ("--test_samples", args.test_samples, data.test_size)):
-        if requested is not None and requested > found:
-            lines.append(f"note: {flag} {requested} is more than the split's {found} images; using all")
-    return lines + note_lines(list(notes))
+    subsets = [f"{flag} {requested} is more than the split's {found} images; using all"
+               for flag, requested, found in (("--train_samples", args.train_samples, data.train_size),
+                                              ("--test_samples", args.test_samples, data.test_size))
+               if requested is not None and requested > found]
+    return [f"{stage} {args.model}: {data.train_size} train / {data.test_size} test images, "
+            f"epochs {start_epoch}..{args.max_epochs - 1}, device {device}",
+            *note_lines([*subsets, *notes])]
 
 
 def run_cli(main: Callable[[Namespace], object], parser: argparse.ArgumentParser) -> None:
