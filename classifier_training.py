@@ -9,19 +9,21 @@ TensorBoard logs under log/, args.json.
     python classifier_training.py --model R32_C10 --lr 1e-1 --cv_dir cv/c10_hr --batch_size 128 --img_size 32 --mode hr
 """
 import argparse
+import time
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from models import build_model
 from utils.accel import Accel
 from utils.checkpoint import load_weights
-from utils.cli import add_common_args, open_run, resolve_defaults, run_cli, run_summary, stage_loaders, start
+from utils.cli import (add_common_args, closing_line, finished_run, open_run, progress, resolve_defaults,
+                       run_cli, run_summary, stage_loaders, start)
 from utils.errors import PatchDropError
-from utils.metrics import ClassifierStats, console_lines, prefixed
+from utils.metrics import ClassifierStats, console_lines, timed
 from utils.policy import downsample
 from utils.run import load_resume
+from utils.schedule import lr_at, set_lr
 from utils.weights import load_pretrained
 
 
@@ -62,10 +64,13 @@ def train_step(model, inputs, targets, optimizer, accel: Accel, *, img_size: int
     return logits.detach(), loss
 
 
-def train_one_epoch(model, loader, optimizer, accel: Accel, *, img_size: int) -> dict:
+def train_one_epoch(model, batches, optimizer, accel: Accel, *, img_size: int,
+                    counted: int | None = None) -> dict:
+    """One pass over ``batches``; ``counted``: this rank's images that count in the statistics
+    (utils/metrics.py, Counted)."""
     model.train()
-    stats = ClassifierStats(accel.device)
-    for inputs, targets in tqdm(loader, desc="train", leave=False, disable=None):
+    stats = ClassifierStats(accel.device, limit=counted)
+    for inputs, targets in batches:
         inputs, targets = accel.inputs(inputs, targets)
         logits, loss = train_step(model, inputs, targets, optimizer, accel, img_size=img_size)
         stats.update(logits, targets, loss)
@@ -73,10 +78,10 @@ def train_one_epoch(model, loader, optimizer, accel: Accel, *, img_size: int) ->
 
 
 @torch.no_grad()
-def evaluate(model, loader, accel: Accel, *, img_size: int) -> dict:
+def evaluate(model, batches, accel: Accel, *, img_size: int) -> dict:
     model.eval()
     stats = ClassifierStats(accel.device)
-    for inputs, targets in tqdm(loader, desc="test", leave=False, disable=None):
+    for inputs, targets in batches:
         inputs, targets = accel.inputs(inputs, targets)
         with accel.autocast():
             logits = model(prepare_inputs(inputs, img_size)).float()
@@ -99,6 +104,9 @@ def stage_of(args: argparse.Namespace) -> str:
 def main(args: argparse.Namespace) -> dict:
     resume = load_resume(args.resume, args.cv_dir)
     args = resolve_defaults(args, stage_of, resume)  # flags not given: the checkpoint's, else the spec's
+    if done := finished_run(args, resume):
+        print(done)
+        return resume["metrics"]
     stage = stage_of(args)
     spec, device = start(args, stage)
     if args.mode == "hr" and args.img_size != spec.hr_size:
@@ -113,30 +121,31 @@ def main(args: argparse.Namespace) -> dict:
     elif args.pretrained:
         notes.append(load_pretrained(model, args.pretrained))
     accel = Accel(device, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
-                  parallel=args.parallel)
+                  parallel=args.parallel, sync_bn=args.sync_bn)
     model = accel.prepare(model, trainable=True)
-
-    run = open_run(args, stage, "test_accuracy", device, resume)
-    data = stage_loaders(args, spec, device, accel.memory_format)
-    notes += accel.notes + run.track_rng(data.generator, shared_by_ranks=data.shared_by_ranks)
     optimizer = build_optimizer(model.parameters(), args.optimizer, lr=args.lr, weight_decay=args.wd,
                                 momentum=spec.stages[stage].momentum)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.lr_milestones, gamma=0.1)
     if resume:
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
+        optimizer.load_state_dict(resume["optimizer"])  # its learning rate is set anew every epoch
 
-    print("\n".join(run_summary(stage, args, data, device, run.start_epoch, notes)))
-    for epoch in run.epochs():
-        metrics = {"epoch": epoch,
-                   **prefixed("train", train_one_epoch(model, data.train_epoch(epoch), optimizer, accel,
-                                                       img_size=args.img_size))}
-        if run.is_test_epoch(epoch):
-            metrics.update(prefixed("test", evaluate(model, data.test, accel, img_size=args.img_size)))
-        scheduler.step()
-        run.end_epoch(metrics, {"state_dict": model}, optimizer, scheduler)
-        print("\n".join(console_lines(metrics)), flush=True)
-    run.close()
+    with open_run(args, stage, "test_accuracy", device, resume) as run:
+        data = stage_loaders(args, spec, device, accel.memory_format)
+        notes += accel.notes + run.notes + run.track_rng(data.generator, shared_by_ranks=data.shared_by_ranks)
+        print("\n".join(run_summary(stage, args, data, device, run.start_epoch, notes)))
+        for epoch in run.epochs():
+            started = time.perf_counter()
+            lr = set_lr(optimizer, lr_at(epoch, args.lr, args.lr_milestones))
+            train = train_one_epoch(model, progress(data.train_epoch(epoch), "train", args.print_freq),
+                                    optimizer, accel, img_size=args.img_size, counted=data.train_counted)
+            metrics = {"epoch": epoch, "lr": lr, **timed("train", train, started)}
+            if run.is_test_epoch(epoch):
+                test_started = time.perf_counter()
+                test = evaluate(model, progress(data.test, "test", args.print_freq), accel, img_size=args.img_size)
+                metrics.update(timed("test", test, test_started))
+            metrics["epoch_seconds"] = time.perf_counter() - started
+            run.end_epoch(metrics, {"state_dict": model}, optimizer)
+            print("\n".join(console_lines(metrics)), flush=True)
+    print(closing_line(run))
     return run.last_metrics
 
 

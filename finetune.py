@@ -11,20 +11,21 @@ reward), metrics.jsonl, TensorBoard logs under log/, args.json.
 """
 import argparse
 import itertools
+import time
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from models import build_model
 from utils.accel import Accel
 from utils.checkpoint import load_all_weights
-from utils.cli import (add_common_args, add_policy_args, open_run, resolve_defaults, run_cli, run_summary,
-                       stage_loaders, start)
-from utils.metrics import PolicyStats, console_lines, prefixed
+from utils.cli import (add_common_args, add_policy_args, closing_line, finished_run, open_run, progress,
+                       resolve_defaults, run_cli, run_summary, stage_loaders, start)
+from utils.metrics import PolicyStats, console_lines, timed
 from utils.policy import (bound_probs, compute_reward, downsample, greedy_action, mask_image,
                           reinforce_loss, sample_action)
 from utils.run import load_resume
+from utils.schedule import set_lr
 from utils.weights import init_policy_and_hr
 
 STAGE = "finetune"
@@ -65,14 +66,16 @@ def train_step(agent, resnet_hr, inputs, targets, optimizer, accel: Accel, *, pe
     return correct_greedy, reward_sampled, sampled, reward_greedy, loss
 
 
-def train_one_epoch(agent, resnet_hr, loader, optimizer, accel: Accel, *, penalty: float, alpha: float,
-                    lr_size: int) -> dict:
+def train_one_epoch(agent, resnet_hr, batches, optimizer, accel: Accel, *, penalty: float, alpha: float,
+                    lr_size: int, counted: int | None = None) -> dict:
+    """One pass over ``batches``; ``counted``: this rank's images that count in the statistics
+    (utils/metrics.py, Counted)."""
     agent.train()
     # The HR classifier trains with batch-norm in train mode, as in the authors' final code (only their
     # 2019 finetune kept it in eval mode; method.md).
     resnet_hr.train()
-    stats = PolicyStats(accel.device, with_baseline=True)
-    for inputs, targets in tqdm(loader, desc="train", leave=False, disable=None):
+    stats = PolicyStats(accel.device, with_baseline=True, limit=counted)
+    for inputs, targets in batches:
         inputs, targets = accel.inputs(inputs, targets)
         correct, reward, action, baseline, loss = train_step(
             agent, resnet_hr, inputs, targets, optimizer, accel, penalty=penalty, alpha=alpha,
@@ -82,12 +85,12 @@ def train_one_epoch(agent, resnet_hr, loader, optimizer, accel: Accel, *, penalt
 
 
 @torch.no_grad()
-def evaluate(agent, resnet_hr, loader, accel: Accel, *, penalty: float, lr_size: int) -> dict:
+def evaluate(agent, resnet_hr, batches, accel: Accel, *, penalty: float, lr_size: int) -> dict:
     """Accuracy, reward, S, V and # of the greedy policy."""
     agent.eval()
     resnet_hr.eval()
     stats = PolicyStats(accel.device)
-    for inputs, targets in tqdm(loader, desc="test", leave=False, disable=None):
+    for inputs, targets in batches:
         inputs, targets = accel.inputs(inputs, targets)
         with accel.autocast():
             action = greedy_action(torch.sigmoid(agent(downsample(inputs, lr_size)).float()))
@@ -100,6 +103,9 @@ def evaluate(agent, resnet_hr, loader, accel: Accel, *, penalty: float, lr_size:
 def main(args: argparse.Namespace) -> dict:
     resume = load_resume(args.resume, args.cv_dir)
     args = resolve_defaults(args, STAGE, resume)  # flags not given: the checkpoint's, else the spec's
+    if done := finished_run(args, resume):
+        print(done)
+        return resume["metrics"]
     spec, device = start(args, STAGE)
 
     agent = build_model(spec.policy_arch, spec.num_patches)
@@ -111,26 +117,32 @@ def main(args: argparse.Namespace) -> dict:
         notes += init_policy_and_hr(agent, resnet_hr, load=args.load, load_stage="pretrain",
                                     ckpt_hr_cl=args.ckpt_hr_cl, model=spec.name)
     accel = Accel(device, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
-                  parallel=args.parallel)
+                  parallel=args.parallel, sync_bn=args.sync_bn)
     agent, resnet_hr = accel.prepare(agent, trainable=True), accel.prepare(resnet_hr, trainable=True)
     optimizer = torch.optim.Adam(itertools.chain(agent.parameters(), resnet_hr.parameters()), lr=args.lr)
     if resume:
         optimizer.load_state_dict(resume["optimizer"])
+    lr = set_lr(optimizer, args.lr)  # the run's --lr, whatever rate the saved state held
 
-    run = open_run(args, STAGE, "test_reward", device, resume)
-    data = stage_loaders(args, spec, device, accel.memory_format)
-    notes += accel.notes + run.track_rng(data.generator, shared_by_ranks=data.shared_by_ranks)
-    print("\n".join(run_summary(STAGE, args, data, device, run.start_epoch, notes)))
-    policy_args = dict(penalty=args.penalty, lr_size=args.lr_size)
-    for epoch in run.epochs():
-        train_stats = train_one_epoch(agent, resnet_hr, data.train_epoch(epoch), optimizer, accel,
-                                      alpha=args.alpha, **policy_args)
-        metrics = {"epoch": epoch, **prefixed("train", train_stats)}
-        if run.is_test_epoch(epoch):
-            metrics.update(prefixed("test", evaluate(agent, resnet_hr, data.test, accel, **policy_args)))
-        run.end_epoch(metrics, {"agent": agent, "resnet_hr": resnet_hr}, optimizer)
-        print("\n".join(console_lines(metrics)), flush=True)
-    run.close()
+    with open_run(args, STAGE, "test_reward", device, resume) as run:
+        data = stage_loaders(args, spec, device, accel.memory_format)
+        notes += accel.notes + run.notes + run.track_rng(data.generator, shared_by_ranks=data.shared_by_ranks)
+        print("\n".join(run_summary(STAGE, args, data, device, run.start_epoch, notes)))
+        policy_args = dict(penalty=args.penalty, lr_size=args.lr_size)
+        for epoch in run.epochs():
+            started = time.perf_counter()
+            train = train_one_epoch(agent, resnet_hr, progress(data.train_epoch(epoch), "train", args.print_freq),
+                                    optimizer, accel, alpha=args.alpha, counted=data.train_counted, **policy_args)
+            metrics = {"epoch": epoch, "lr": lr, **timed("train", train, started)}
+            if run.is_test_epoch(epoch):
+                test_started = time.perf_counter()
+                test = evaluate(agent, resnet_hr, progress(data.test, "test", args.print_freq), accel,
+                                **policy_args)
+                metrics.update(timed("test", test, test_started))
+            metrics["epoch_seconds"] = time.perf_counter() - started
+            run.end_epoch(metrics, {"agent": agent, "resnet_hr": resnet_hr}, optimizer)
+            print("\n".join(console_lines(metrics)), flush=True)
+    print(closing_line(run))
     return run.last_metrics
 
 

@@ -9,19 +9,20 @@ checkpoint the next stage loads) and ckpt_best.pt (stage "pretrain", weights "ag
     python pretrain.py --model R32_C10 --lr 1e-4 --cv_dir cv/c10_pt --batch_size 1024 --penalty -0.5 --ckpt_hr_cl cv/c10_hr
 """
 import argparse
+import time
 
 import torch
-from tqdm import tqdm
 
 from models import build_model
 from utils.accel import Accel
 from utils.checkpoint import load_all_weights
-from utils.cli import (add_common_args, add_policy_args, open_run, resolve_defaults, run_cli, run_summary,
-                       stage_loaders, start)
-from utils.metrics import PolicyStats, console_lines, prefixed
+from utils.cli import (add_common_args, add_policy_args, closing_line, finished_run, open_run, progress,
+                       resolve_defaults, run_cli, run_summary, stage_loaders, start)
+from utils.metrics import PolicyStats, console_lines, timed
 from utils.policy import (apply_curriculum, bound_probs, compute_reward, curriculum_learned, downsample,
                           greedy_action, mask_image, reinforce_loss, sample_action)
 from utils.run import load_resume
+from utils.schedule import set_lr
 from utils.weights import load_hr_classifier
 
 STAGE = "pretrain"
@@ -62,12 +63,14 @@ def train_step(agent, resnet_hr, inputs, targets, optimizer, accel: Accel, *, pe
     return correct_greedy, reward_sampled, sampled, reward_greedy, loss
 
 
-def train_one_epoch(agent, resnet_hr, loader, optimizer, accel: Accel, *, penalty: float, alpha: float,
-                    lr_size: int, learned: torch.Tensor | None = None) -> dict:
+def train_one_epoch(agent, resnet_hr, batches, optimizer, accel: Accel, *, penalty: float, alpha: float,
+                    lr_size: int, learned: torch.Tensor | None = None, counted: int | None = None) -> dict:
+    """One pass over ``batches``; ``counted``: this rank's images that count in the statistics
+    (utils/metrics.py, Counted)."""
     agent.train()
     resnet_hr.eval()  # frozen: batch-norm statistics stay those of stage 1
-    stats = PolicyStats(accel.device, with_baseline=True)
-    for inputs, targets in tqdm(loader, desc="train", leave=False, disable=None):
+    stats = PolicyStats(accel.device, with_baseline=True, limit=counted)
+    for inputs, targets in batches:
         inputs, targets = accel.inputs(inputs, targets)
         correct, reward, action, baseline, loss = train_step(
             agent, resnet_hr, inputs, targets, optimizer, accel, penalty=penalty, alpha=alpha,
@@ -78,13 +81,13 @@ def train_one_epoch(agent, resnet_hr, loader, optimizer, accel: Accel, *, penalt
 
 
 @torch.no_grad()
-def evaluate(agent, resnet_hr, loader, accel: Accel, *, penalty: float, lr_size: int,
+def evaluate(agent, resnet_hr, batches, accel: Accel, *, penalty: float, lr_size: int,
              learned: torch.Tensor | None = None) -> dict:
     """Accuracy, reward, S, V and # of the greedy policy."""
     agent.eval()
     resnet_hr.eval()
     stats = PolicyStats(accel.device)
-    for inputs, targets in tqdm(loader, desc="test", leave=False, disable=None):
+    for inputs, targets in batches:
         inputs, targets = accel.inputs(inputs, targets)
         with accel.autocast():
             action = greedy_action(torch.sigmoid(agent(downsample(inputs, lr_size)).float()))
@@ -99,6 +102,9 @@ def evaluate(agent, resnet_hr, loader, accel: Accel, *, penalty: float, lr_size:
 def main(args: argparse.Namespace) -> dict:
     resume = load_resume(args.resume, args.cv_dir)
     args = resolve_defaults(args, STAGE, resume)  # flags not given: the checkpoint's, else the spec's
+    if done := finished_run(args, resume):
+        print(done)
+        return resume["metrics"]
     spec, device = start(args, STAGE)
 
     agent = build_model(spec.policy_arch, spec.num_patches)
@@ -109,31 +115,37 @@ def main(args: argparse.Namespace) -> dict:
         load_hr_classifier(resnet_hr, args.ckpt_hr_cl, spec.name,
                            hint="python classifier_training.py --mode hr")
     accel = Accel(device, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
-                  parallel=args.parallel)
+                  parallel=args.parallel, sync_bn=args.sync_bn)
     agent = accel.prepare(agent, trainable=True)
     resnet_hr = accel.prepare(resnet_hr.requires_grad_(False), trainable=False)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.lr)
     if resume:
         optimizer.load_state_dict(resume["optimizer"])
+    lr = set_lr(optimizer, args.lr)  # the run's --lr, whatever rate the saved state held
 
-    run = open_run(args, STAGE, "test_reward", device, resume)
-    data = stage_loaders(args, spec, device, accel.memory_format)
-    notes = accel.notes + run.track_rng(data.generator, shared_by_ranks=data.shared_by_ranks)
-    print("\n".join(run_summary(STAGE, args, data, device, run.start_epoch, notes)))
-    policy_args = dict(penalty=args.penalty, lr_size=args.lr_size)
-    for epoch in run.epochs():
-        learned = None
-        if args.curriculum and epoch < spec.num_patches:
-            learned = curriculum_learned(epoch, spec.num_patches, device)
-        train_stats = train_one_epoch(agent, resnet_hr, data.train_epoch(epoch), optimizer, accel,
-                                      alpha=args.alpha, learned=learned, **policy_args)
-        metrics = {"epoch": epoch, **prefixed("train", train_stats)}
-        if run.is_test_epoch(epoch):
-            test_stats = evaluate(agent, resnet_hr, data.test, accel, learned=learned, **policy_args)
-            metrics.update(prefixed("test", test_stats))
-        run.end_epoch(metrics, {"agent": agent, "resnet_hr": resnet_hr}, optimizer)
-        print("\n".join(console_lines(metrics)), flush=True)
-    run.close()
+    with open_run(args, STAGE, "test_reward", device, resume) as run:
+        data = stage_loaders(args, spec, device, accel.memory_format)
+        notes = accel.notes + run.notes + run.track_rng(data.generator, shared_by_ranks=data.shared_by_ranks)
+        print("\n".join(run_summary(STAGE, args, data, device, run.start_epoch, notes)))
+        policy_args = dict(penalty=args.penalty, lr_size=args.lr_size)
+        for epoch in run.epochs():
+            started = time.perf_counter()
+            learned = None
+            if args.curriculum and epoch < spec.num_patches:
+                learned = curriculum_learned(epoch, spec.num_patches, device)
+            train = train_one_epoch(agent, resnet_hr, progress(data.train_epoch(epoch), "train", args.print_freq),
+                                    optimizer, accel, alpha=args.alpha, learned=learned,
+                                    counted=data.train_counted, **policy_args)
+            metrics = {"epoch": epoch, "lr": lr, **timed("train", train, started)}
+            if run.is_test_epoch(epoch):
+                test_started = time.perf_counter()
+                test = evaluate(agent, resnet_hr, progress(data.test, "test", args.print_freq), accel,
+                                learned=learned, **policy_args)
+                metrics.update(timed("test", test, test_started))
+            metrics["epoch_seconds"] = time.perf_counter() - started
+            run.end_epoch(metrics, {"agent": agent, "resnet_hr": resnet_hr}, optimizer)
+            print("\n".join(console_lines(metrics)), flush=True)
+    print(closing_line(run))
     return run.last_metrics
 
 

@@ -7,7 +7,8 @@ seeds, and the speed options of a run (off by default, so results stay those of 
 --channels_last  networks and input batches in NHWC memory format.
 --compile        torch.compile on each network (checkpoints are always saved from the plain module).
 --parallel       nn.DataParallel over the visible GPUs (the authors' option; prefer torchrun).
-Under torchrun the trainable networks are wrapped in DistributedDataParallel instead.
+Under torchrun the trainable networks are wrapped in DistributedDataParallel instead, their batch-norm
+layers synchronized over the processes with --sync_bn.
 """
 import contextlib
 import platform
@@ -87,14 +88,41 @@ def bf16_supported(device: torch.device) -> bool:
         return False
 
 
+class DynamicBatch(nn.Module):
+    """A compiled network whose batch dimension is dynamic from its first compilation, so that the last,
+    smaller batch of an epoch does not compile it a second time. (A batch of one image is specialized
+    by torch.compile whatever is asked, and compiles once more.)"""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] > 1:
+            torch._dynamo.mark_dynamic(x, 0)
+        return self.net(x)
+
+
 class Accel:
     """The speed options of one run on ``device``. ``notes`` holds what the user should hear about
     them (an option that cannot work here and was turned off), for the caller to show."""
 
     def __init__(self, device: torch.device, *, amp: bool = False, channels_last: bool = False,
-                 compile: bool = False, parallel: bool = False):
+                 compile: bool = False, parallel: bool = False, sync_bn: bool = False):
         self.device = device
         self.notes: list[str] = []
+        gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+        if parallel and amp and gpus > 1:
+            # DataParallel's replica threads enter autocast without its dtype, and a new thread's
+            # default is float16: the run would train in float16 without a gradient scaler.
+            raise PatchDropError("--amp with --parallel over several GPUs is not supported (DataParallel's "
+                                 "threads would run float16, not bfloat16); use torchrun for several GPUs")
+        if sync_bn and distributed.is_distributed() and device.type != "cuda":
+            raise PatchDropError("--sync_bn needs GPUs (SyncBatchNorm runs on CUDA only); drop it on the CPU")
+        if sync_bn and not distributed.is_distributed():
+            self.notes.append("--sync_bn has no effect in a single process (it synchronizes batch norm "
+                              "over torchrun's processes)")
+        self.sync_bn = sync_bn and distributed.is_distributed()
         self.amp = amp
         if amp and not bf16_supported(device):
             self.amp = False
@@ -133,8 +161,10 @@ class Accel:
         net = net.to(self.device)
         if self.channels_last:
             net = net.to(memory_format=torch.channels_last)
+        if self.sync_bn and trainable:
+            net = nn.SyncBatchNorm.convert_sync_batchnorm(net)  # same state-dict keys as BatchNorm2d
         if self.compile:
-            net = torch.compile(net)
+            net = DynamicBatch(torch.compile(net))
         if distributed.is_distributed():
             if trainable:
                 ids = [self.device.index] if self.device.type == "cuda" else None
@@ -142,8 +172,16 @@ class Accel:
         elif self.parallel:
             with warnings.catch_warnings():  # DataParallel warns that DDP is recommended: torchrun is
                 warnings.simplefilter("ignore")
-                net = nn.DataParallel(net)
+                net = nn.DataParallel(net, device_ids=self.parallel_devices())
         return net
+
+    def parallel_devices(self) -> list[int] | None:
+        """--parallel's GPUs, the run's own first (DataParallel gathers on the first): cuda:N, then the
+        others; None on the CPU."""
+        if self.device.type != "cuda":
+            return None
+        first = self.device.index
+        return [first] + [i for i in range(torch.cuda.device_count()) if i != first]
 
     def score_pair(self, net: nn.Module, first: torch.Tensor, second: torch.Tensor):
         """Logits (float32) of a frozen ``net`` on two batches, as one 2B pass or two B passes."""

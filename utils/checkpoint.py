@@ -9,7 +9,8 @@ A checkpoint is a plain dict that ``torch.load(weights_only=True)`` can read:
     epoch           last completed epoch (0-based)
     state_dict      classifier weights (classifier stages), or
     agent, resnet_hr, resnet_lr   policy-stage weights (the networks the stage uses)
-    optimizer, scheduler          their state_dicts (scheduler None where a stage has none)
+    optimizer       its state_dict (the learning rate of each epoch follows from ``args``:
+                    utils/schedule.py)
     best_score      best test accuracy (classifiers) or test reward (policy stages) so far
     metrics         the epoch's metrics dict
     args            the run's arguments as a plain dict
@@ -29,6 +30,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .accel import DynamicBatch
 from .errors import PatchDropError
 from .files import write_atomically
 from .spec import STAGES
@@ -40,32 +42,45 @@ REQUIRED_KEYS = ("format_version", "stage", "model", "epoch", "args")
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module behind DataParallel/DistributedDataParallel (.module) or torch.compile
-    (._orig_mod), so saved keys carry no 'module.' or '_orig_mod.' prefix."""
+    """The plain module behind DataParallel/DistributedDataParallel (.module), torch.compile
+    (._orig_mod) and accel.DynamicBatch (.net), so saved keys carry no 'module.', '_orig_mod.' or
+    'net.' prefix."""
     while True:
         if hasattr(model, "_orig_mod"):
             model = model._orig_mod
         elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             model = model.module
+        elif isinstance(model, DynamicBatch):
+            model = model.net
         else:
             return model
 
 
+def on_cpu(value):
+    """``value`` (tensors in nested dicts, lists and tuples) with every tensor on the CPU, so that a
+    checkpoint written on a GPU loads with a plain ``torch.load`` on a machine without one."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu() if value.device.type != "cpu" else value
+    if isinstance(value, dict):
+        return {key: on_cpu(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(on_cpu(item) for item in value)
+    return value
+
+
 def save_checkpoint(paths: Path | list[Path], *, stage: str, model: str, epoch: int,
-                    nets: dict[str, nn.Module], optimizer=None, scheduler=None,
-                    best_score: float | None = None, metrics: dict | None = None,
-                    args: dict | None = None, rng: dict | None = None) -> None:
-    """Serialize a checkpoint once and write it atomically to each of ``paths``: to a temporary file
-    in the same folder, flushed to disk, then renamed, so a crash mid-write never leaves a truncated
-    checkpoint behind."""
+                    nets: dict[str, nn.Module], optimizer=None, best_score: float | None = None,
+                    metrics: dict | None = None, args: dict | None = None, rng: dict | None = None) -> None:
+    """Serialize a checkpoint once, every tensor on the CPU, and write it atomically to each of
+    ``paths``: to a temporary file in the same folder, flushed to disk, then renamed, so a crash
+    mid-write never leaves a truncated checkpoint behind."""
     assert stage in STAGES and set(nets) <= set(WEIGHT_KEYS), (stage, list(nets))
-    payload = {
+    payload = on_cpu({
         "format_version": FORMAT_VERSION, "stage": stage, "model": model, "epoch": epoch,
         **{key: unwrap(net).state_dict() for key, net in nets.items()},
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "best_score": best_score, "metrics": metrics or {}, "args": args or {}, "rng": rng,
-    }
+    })
     buffer = io.BytesIO()
     torch.save(payload, buffer)
     for path in [paths] if isinstance(paths, (str, Path)) else paths:

@@ -11,15 +11,17 @@ flag goes where). ``run_cli`` turns every expected failure into one line on stde
 """
 import argparse
 import sys
+import threading
+import time
 from argparse import Namespace
-from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
 
 import torch
+from tqdm import tqdm
 
 from . import distributed
 from .accel import configure_backends, select_device, seed_everything
-from .checkpoint import LAST
+from .checkpoint import BEST, LAST
 from .data import TORCHVISION_CLASSES, Loaders, build_datasets, build_loaders, default_num_workers
 from .errors import PatchDropError, error_line
 from .run import Run
@@ -46,14 +48,19 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     add("--seed", type=int, default=None, help="seed of weights, sampling and data order (default: 0)")
     add("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
     add("--resume", nargs="?", const="", default=None, metavar="CKPT",
-        help="continue this stage from a checkpoint file or run directory (its ckpt_last.pt); "
-             "with no value, from --cv_dir. Flags not given are taken from the checkpoint (all but "
-             "--cv_dir, --device and --overwrite)")
-    add("--overwrite", action="store_true", help="start over in a --cv_dir that already holds a run")
+        help="continue this stage from a checkpoint file or run directory (its ckpt_last.pt); with no "
+             "value, from --cv_dir. Flags not given are taken from the checkpoint; of those given, only "
+             f"{', '.join('--' + n for n in RESUME_MAY_CHANGE)} may differ from it (they take effect)")
+    add("--overwrite", action="store_true",
+        help="start over in a --cv_dir that already holds a run; the old run is deleted once the new one "
+             "has checkpointed its first epoch, and put back if it stops earlier")
     add("--train_samples", type=int, default=None, help="train on a fixed random subset of N images")
     add("--test_samples", type=int, default=None, help="test on a fixed random subset of N images")
     add("--fake_data", action="store_true", default=None, help="random images of the right shape (smoke runs)")
     add("--no_download", action="store_true", default=None, help="never download torchvision's CIFAR files")
+    add("--print_freq", type=int, default=None, metavar="N",
+        help="when the output is not a terminal (a log file), a line every N steps of an epoch; 0: none "
+             "(default: 100; on a terminal a progress bar instead)")
     speed = parser.add_argument_group("speed (off by default; README, Performance)")
     speed.add_argument("--amp", action=on_off, default=None,
                        help="bfloat16 autocast for the networks' forward passes (CUDA, bf16-capable CPUs)")
@@ -66,6 +73,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     speed.add_argument("--no_tf32", action="store_true", default=None,
                        help="strict float32 on the GPU: no TF32 in cuDNN convolutions (on by default from "
                             "Ampere on)")
+    speed.add_argument("--sync_bn", action=on_off, default=None,
+                       help="under torchrun on GPUs: batch-norm statistics over the whole batch of all "
+                            "processes (SyncBatchNorm) instead of each process's share")
 
 
 def add_policy_args(parser: argparse.ArgumentParser) -> None:
@@ -99,27 +109,43 @@ def add_eval_args(parser: argparse.ArgumentParser, *, load_help: str, lr_help: s
 # --device and --overwrite keep their parser defaults: they belong to this invocation, not the run.)
 FIXED_DEFAULTS = {"model": "R32_C10", "mode": "hr", "curriculum": False, "fusion": "sum",
                   "data_dir": "data/", "test_interval": 5, "seed": 0, "fake_data": False,
-                  "no_download": False, "amp": False, "channels_last": False, "compile": False,
-                  "gpu_data": False, "parallel": False, "no_tf32": False}
+                  "no_download": False, "print_freq": 100, "amp": False, "channels_last": False,
+                  "compile": False, "gpu_data": False, "parallel": False, "no_tf32": False, "sync_bn": False}
 
-# The flags that define what a stage optimizes. --resume refuses to change them: a run that continued
-# with another penalty or image size would report one objective and have trained another.
-OBJECTIVE_FLAGS = ("model", "mode", "img_size", "penalty", "alpha", "lr_size", "curriculum", "fusion",
-                   "optimizer")
+# The flags a resumed run may change; each takes effect (the learning rate is set from --lr and
+# --lr_milestones at the start of every epoch, utils/schedule.py) and args.json records it. Every other
+# flag defines what the run optimizes or trains on (objective, data, seed, batch size, starting
+# checkpoints): given with another value than the checkpoint's, it is refused.
+RESUME_MAY_CHANGE = ("lr", "lr_milestones", "max_epochs", "test_interval", "num_workers", "print_freq",
+                     "data_dir", "no_download", "amp", "channels_last", "compile", "gpu_data", "parallel",
+                     "no_tf32", "sync_bn")
+COMMAND_FLAGS = ("cv_dir", "device", "overwrite", "resume")  # of this invocation, not of the run
 
 
 def inherit_values(values: dict, resume: dict) -> dict:
-    """On --resume: refuse a flag of OBJECTIVE_FLAGS given with another value than the checkpoint's
-    (naming each with both values), and take every flag left at None from the checkpoint's args."""
+    """On --resume: refuse a flag given with another value than the checkpoint's, unless it is one of
+    RESUME_MAY_CHANGE (naming each refused flag with both values); take every flag left at None from the
+    checkpoint's args."""
     saved = {**resume["args"], "model": resume["model"]}
-    changed = [f"--{name} {saved[name]} in the checkpoint, {values[name]} given" for name in OBJECTIVE_FLAGS
-               if values.get(name) is not None and saved.get(name) is not None and values[name] != saved[name]]
+    changed = [f"--{name} {saved[name]} in the checkpoint, {value} given" for name, value in values.items()
+               if name not in RESUME_MAY_CHANGE + COMMAND_FLAGS and value is not None and name in saved
+               and value != saved[name]]
     if changed:
-        raise PatchDropError(f"{resume['path']}: --resume cannot change what the run optimizes: "
-                             f"{'; '.join(changed)}; drop these flags to continue the run, or start a "
-                             f"new one in another --cv_dir")
-    return {name: saved.get(name) if value is None and name != "resume" else value
+        raise PatchDropError(f"{resume['path']}: --resume cannot change what the run optimizes or trains on: "
+                             f"{'; '.join(changed)}; drop these flags to continue the run, or start a new one "
+                             f"in another --cv_dir (a resume may change only "
+                             f"{', '.join('--' + n for n in RESUME_MAY_CHANGE)})")
+    return {name: saved.get(name) if value is None and name not in COMMAND_FLAGS else value
             for name, value in values.items()}
+
+
+def finished_run(args: Namespace, resume: dict | None) -> str | None:
+    """On --resume of a run that has already trained the epochs asked for: the line that says so (the
+    caller then changes nothing); else None."""
+    if resume is None or resume["epoch"] + 1 < args.max_epochs:
+        return None
+    return (f"{resume['path']}: the run has finished {resume['epoch'] + 1} epochs and --max_epochs is "
+            f"{args.max_epochs}: nothing to do (a larger --max_epochs continues it)")
 
 
 def spec_defaults(spec: ModelSpec, stage: str, values: dict) -> dict:
@@ -154,15 +180,21 @@ def resolve_defaults(args: Namespace, stage: str | Callable[[Namespace], str],
     return Namespace(**values)
 
 
+def check_counts(values: dict, *, positive: tuple[str, ...] = (), at_least_zero: tuple[str, ...] = ()) -> None:
+    """Refuse a flag of ``positive`` that is 0 or less and one of ``at_least_zero`` below 0, naming it
+    (None: not given). The one check of counts for every script, evaluation and benchmarks included."""
+    for names, low, what in ((positive, 1, "positive"), (at_least_zero, 0, "0 or more")):
+        for name in names:
+            value = values.get(name)
+            if value is not None and value < low:
+                raise PatchDropError(f"--{name} must be {what}, got {value}")
+
+
 def check_args(args: Namespace, spec: ModelSpec, stage: str, world: int = 1) -> None:
     """Refuse values that would crash later or train something silently wrong, before anything is
     loaded or deleted; ``world`` is the number of processes (torchrun)."""
-    for name in ("batch_size", "max_epochs", "test_interval", "train_samples", "test_samples"):
-        value = vars(args)[name]
-        if value is not None and value <= 0:
-            raise PatchDropError(f"--{name} must be positive, got {value}")
-    if args.num_workers < 0:
-        raise PatchDropError(f"--num_workers must be 0 or more, got {args.num_workers}")
+    check_counts(vars(args), positive=("batch_size", "max_epochs", "test_interval", "train_samples",
+                                       "test_samples"), at_least_zero=("num_workers", "print_freq"))
     if args.lr <= 0:
         raise PatchDropError(f"--lr must be positive, got {args.lr}")
     if args.batch_size % world:
@@ -219,7 +251,8 @@ def eval_test_set(args: Namespace, spec: ModelSpec):
 
 def open_run(args: Namespace, stage: str, score_key: str, device: torch.device,
              resume: dict | None) -> Run:
-    """The stage's Run in --cv_dir (checked before any data loads, so a wrong --cv_dir fails fast)."""
+    """The stage's Run in --cv_dir, to be entered (``with``) before any data loads, so a wrong or busy
+    --cv_dir fails fast."""
     return Run(args.cv_dir, stage, args.model, config=vars(args), max_epochs=args.max_epochs,
                test_interval=args.test_interval, seed=args.seed, score_key=score_key, device=device,
                resume=resume, overwrite=args.overwrite)
@@ -253,21 +286,53 @@ def run_summary(stage: str, args: Namespace, data: Loaders, device: torch.device
             *note_lines([*subsets, *notes])]
 
 
+def progress(batches: Iterable, desc: str, print_freq: int) -> Iterable:
+    """The batches of one pass, shown by rank 0 only: a tqdm bar when stderr is a terminal; otherwise (a
+    log file) a line every ``print_freq`` steps (0: none), so a long epoch is not silent."""
+    if not distributed.is_main():
+        return batches
+    if sys.stderr.isatty():
+        return tqdm(batches, desc=desc, leave=False)
+    return step_lines(batches, desc, print_freq) if print_freq else batches
+
+
+def step_lines(batches: Iterable, desc: str, every: int):
+    total = f"/{len(batches)}" if hasattr(batches, "__len__") else ""
+    started = time.perf_counter()
+    for step, batch in enumerate(batches, start=1):
+        yield batch
+        if step % every == 0:
+            print(f"  {desc} step {step}{total}, {time.perf_counter() - started:.0f} s", flush=True)
+
+
+def closing_line(run: Run) -> str:
+    """The last line of a stage: which checkpoints hold the run."""
+    if run.saved_epoch is None:
+        return f"no epoch finished in {run.cv_dir}"
+    best = f"; best {run.score_key} {run.best_score:.4f} in {run.cv_dir / BEST}" if run.best_score is not None else ""
+    return f"checkpoint: {run.cv_dir / LAST} (epoch {run.saved_epoch}){best}"
+
+
+def _quiet_tensorboard_thread(hook_args) -> None:
+    """TensorBoard's writer thread dies with a traceback on a full disk, then the main thread gets the
+    same error at its next write (a one-line error then): the thread's traceback is left out."""
+    if type(hook_args.thread).__name__ == "_AsyncWriterThread" and issubclass(hook_args.exc_type, OSError):
+        return
+    threading.__excepthook__(hook_args)
+
+
 def run_cli(main: Callable[[Namespace], object], parser: argparse.ArgumentParser) -> None:
     """Entry point of a script: parse the command line and run ``main``. Bad input, an unwritable disk
     or Ctrl-C end in one line on stderr and a non-zero exit, never a traceback."""
     args = parser.parse_args()
+    threading.excepthook = _quiet_tensorboard_thread
     try:
         main(args)
     except PatchDropError as err:
         sys.exit(f"error: {error_line(err)}")
     except OSError as err:  # e.g. --cv_dir on a read-only or full disk
         sys.exit(f"error: {err}")
-    except KeyboardInterrupt:
-        cv_dir = vars(args).get("cv_dir")
-        if cv_dir:
-            sys.exit(f"interrupted: {Path(cv_dir) / LAST} holds the last finished epoch; continue with "
-                     f"--resume")
-        sys.exit("interrupted")
+    except KeyboardInterrupt as err:  # a stage's Run says what it left (utils/run.py)
+        sys.exit(f"interrupted: {err}" if str(err) else "interrupted")
     finally:  # under torchrun: leave the process group on every exit, errors included
         distributed.cleanup()

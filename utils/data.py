@@ -281,6 +281,14 @@ class Loaders:
     shared_by_ranks: bool  # the generator is the same on every rank (--gpu_data), not each rank's own
     sampler: DistributedSampler | None = None  # under torchrun without --gpu_data
 
+    @property
+    def train_counted(self) -> int | None:
+        """Training images of this rank that count in the epoch's statistics: under torchrun its share
+        without the padding repeats at its end (utils/metrics.py, Counted); None in a single process."""
+        if distributed.world_size() == 1:
+            return None
+        return len(range(distributed.rank(), self.train_size, distributed.world_size()))
+
     def train_epoch(self, epoch: int) -> Iterable:
         """The training batches of ``epoch``; a DistributedSampler is told the epoch, so each epoch has
         its own order (the other loaders draw it from their generator)."""
