@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
@@ -35,12 +36,26 @@ FAKE_SIZES = {"train": 512, "test": 256}
 TORCHVISION_CLASSES = {"CIFAR10": datasets.CIFAR10, "CIFAR100": datasets.CIFAR100}
 
 
+SIXTEEN_BIT_GRAY = ("I;16", "I;16L", "I;16B", "I;16N")  # PIL's modes of 16-bit grayscale pixels
+
+
 def load_rgb(path: str | Path) -> Image.Image:
-    """Decode an image file as 3-channel RGB; an unreadable or corrupt file raises a PatchDropError
-    that names it."""
+    """Decode an image file as 8-bit RGB. Every PIL mode converts as PIL converts it (grayscale, palette,
+    CMYK, YCbCr, LAB, HSV; alpha is dropped), except 16-bit grayscale, which PIL would clip at 255 (a
+    white image): it is scaled to 8 bits (value / 257, rounded). Pixels whose range is unknown (32-bit
+    integers outside a PNG, floats) and files that cannot be decoded raise a PatchDropError naming the
+    file."""
     try:
         with Image.open(path) as image:
-            if image.mode == "P" and "transparency" in image.info:
+            mode = image.mode
+            if mode in SIXTEEN_BIT_GRAY or (mode == "I" and image.format == "PNG"):  # "I": older PIL's 16-bit PNG
+                values = np.asarray(image).astype(np.float64)
+                return Image.fromarray(np.round(values / 257).clip(0, 255).astype(np.uint8), "L").convert("RGB")
+            if mode in ("I", "F"):
+                kind = "32-bit integers" if mode == "I" else "floating-point numbers"
+                raise PatchDropError(f"cannot read image {path}: its pixels are {kind} (PIL mode {mode}) of "
+                                     f"unknown range; save it with 8- or 16-bit pixels")
+            if mode == "P" and "transparency" in image.info:
                 image = image.convert("RGBA")  # palette transparency goes through RGBA, as PIL advises
             return image.convert("RGB")
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
