@@ -203,8 +203,6 @@ def console_table(report: dict, settings: list[Setting], results: dict, num_patc
 
 def main(args: argparse.Namespace) -> dict:
     spec, device = start_eval(args)
-    if args.batch_size <= 0:
-        raise PatchDropError(f"--batch_size must be positive, got {args.batch_size}")
     if any(not 0 <= t <= 1 for t in args.thresholds):
         raise PatchDropError(f"--thresholds must lie in [0, 1], got {args.thresholds}")
     budgets = parse_budgets(args.budgets, spec.num_patches) if args.budgets else []

@@ -125,8 +125,6 @@ def draw(path: Path, spec, shown: torch.Tensor, action: torch.Tensor, labels: to
 
 def main(args: argparse.Namespace) -> str:
     spec, device = start_eval(args)
-    if args.num_images <= 0:
-        raise PatchDropError(f"--num_images must be positive, got {args.num_images}")
     ckpt, evaluator = load_evaluator(spec, args.load, args.ckpt_lr_cl, Accel(device))
     if evaluator.agent is None:
         raise PatchDropError(f"{ckpt['path']}: a {ckpt['stage']} checkpoint has no policy to draw; pass a "

@@ -25,6 +25,7 @@ import finetune2stream
 import pretrain
 from models import build_model
 from utils.accel import Accel, configure_backends, device_name, select_device, synchronize
+from utils.cli import check_counts, run_cli
 from utils.data import build_loaders
 from utils.spec import STAGES, get_spec
 
@@ -78,7 +79,8 @@ def stage_step(stage: str, spec, accel: Accel):
 
 
 def batches(stage: str, spec, args, accel: Accel, batch_size: int):
-    """An endless iterator of training batches on the device, as the stage's loader gives them."""
+    """An endless iterator of training batches on the device, as the stage's loader gives them: epoch
+    after epoch, each one loaded (decoded, augmented) anew, nothing replayed from memory."""
     if args.synthetic:
         x = torch.randn(batch_size, 3, spec.hr_size, spec.hr_size)
         batch = accel.inputs(x, torch.randint(spec.num_classes, (batch_size,)))
@@ -87,7 +89,7 @@ def batches(stage: str, spec, args, accel: Accel, batch_size: int):
                          num_workers=args.num_workers, seed=0, download=False, fake_data=args.fake_data,
                          train_samples=args.train_samples, test_samples=1, gpu_data=args.gpu_data,
                          memory_format=accel.memory_format)
-    return (accel.inputs(x, y) for x, y in itertools.cycle(data.train))
+    return (accel.inputs(x, y) for epoch in itertools.count() for x, y in data.train_epoch(epoch))
 
 
 def measure(stage: str, spec, args, accel: Accel) -> dict:
@@ -119,6 +121,7 @@ def measure(stage: str, spec, args, accel: Accel) -> dict:
 
 
 def main(args: argparse.Namespace) -> list[dict]:
+    check_counts(vars(args), positive=("steps", "batch_size", "train_samples"), at_least_zero=("num_workers",))
     spec, device = get_spec(args.model), select_device(args.device)
     configure_backends(device)
     accel = Accel(device, amp=args.amp, channels_last=args.channels_last, compile=args.compile)
@@ -144,4 +147,4 @@ def main(args: argparse.Namespace) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_cli(main, get_args_parser())

@@ -24,7 +24,8 @@ import finetune2stream
 import pretrain
 from bench import reference
 from models import build_model
-from utils.accel import Accel, device_name, select_device, synchronize
+from utils.accel import Accel, configure_backends, device_name, select_device, synchronize
+from utils.cli import check_counts, run_cli
 from utils.spec import get_spec
 
 STAGES = ("classifier_hr", "classifier_lr", "pretrain", "finetune", "finetune2stream")
@@ -122,7 +123,9 @@ def measure(steps: dict, args, device) -> dict:
 
 
 def main(args: argparse.Namespace) -> list[dict]:
+    check_counts(vars(args), positive=("batch_size", "reps", "steps"))
     spec, device = get_spec(args.model), select_device(args.device)
+    configure_backends(device)  # cuDNN's autotuner, as in the stage scripts
     torch.manual_seed(0)
     accel = Accel(device, amp=args.amp, channels_last=args.channels_last, compile=args.compile)
     inputs = torch.randn(args.batch_size, 3, spec.hr_size, spec.hr_size, device=device)
@@ -156,4 +159,4 @@ def main(args: argparse.Namespace) -> list[dict]:
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_cli(main, get_args_parser())

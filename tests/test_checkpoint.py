@@ -4,6 +4,7 @@ import pickle
 
 import pytest
 import torch
+from torch import nn
 
 from models import build_model
 from utils.checkpoint import load_checkpoint, load_weights, save_checkpoint
@@ -115,3 +116,38 @@ def test_failed_write_keeps_previous_checkpoint(tmp_path, monkeypatch):
         save_classifier(path)
     assert path.read_bytes() == before
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+class OnGpu(torch.Tensor):
+    """A CPU tensor that says it lives on a GPU, as the state of a GPU run would (what any operation on it
+    returns is a plain tensor)."""
+
+    @property
+    def device(self):
+        return torch.device("cuda", 0)
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        with torch._C.DisableTorchFunctionSubclass():
+            return func(*args, **(kwargs or {}))
+
+
+def test_checkpoints_of_a_gpu_run_hold_cpu_tensors(tmp_path, monkeypatch):
+    """A plain torch.load on a machine without a GPU must read them: every tensor is moved to the CPU
+    before saving, weights and optimizer state alike."""
+    net = nn.Linear(3, 2)
+    optimizer = torch.optim.Adam(net.parameters())
+    net(torch.randn(4, 3)).sum().backward()
+    optimizer.step()
+    on_gpu = lambda state: {k: v.as_subclass(OnGpu) for k, v in state.items()}  # noqa: E731
+    monkeypatch.setattr(net, "state_dict", lambda: on_gpu(nn.Linear.state_dict(net)))
+    for state in optimizer.state.values():
+        state.update(on_gpu(state))
+    assert all(isinstance(v, OnGpu) for v in net.state_dict().values())
+    saved = {}
+    monkeypatch.setattr(torch, "save", lambda payload, f: saved.update(payload))
+    save_checkpoint(tmp_path / "c.pt", stage="classifier_hr", model="R32_C10", epoch=0,
+                    nets={"state_dict": net}, optimizer=optimizer, args={})
+    tensors = [*saved["state_dict"].values(), *(t for s in saved["optimizer"]["state"].values()
+                                               for t in s.values())]
+    assert len(tensors) == 2 + 2 * 3 and all(type(t) is torch.Tensor for t in tensors)

@@ -140,3 +140,77 @@ def test_no_tf32_is_a_flag_of_every_script():
         assert script.get_args_parser().parse_args(["--no_tf32"]).no_tf32
     for script in (evaluate, visualize):
         assert script.get_args_parser().parse_args(["--load", "x", "--no_tf32"]).no_tf32
+
+
+# --- torchrun: which GPU a process takes, downloads, --sync_bn, --parallel -------------------------------
+
+@pytest.mark.parametrize("device,local,count,expected", [
+    ("cuda", 1, 2, "cuda:1"), ("auto", 0, 2, "cuda:0"),
+    ("cuda", 3, 1, "cuda:0"),  # CUDA_VISIBLE_DEVICES gives each process its own GPU
+    ("cpu", 1, 2, "cpu"),
+])
+def test_each_torchrun_process_takes_the_gpu_of_its_local_rank(fake_gpus, monkeypatch, device, local, count,
+                                                              expected):
+    monkeypatch.setenv("LOCAL_RANK", str(local))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    assert distributed.rank_device(device) == torch.device(expected)
+
+
+@pytest.mark.parametrize("device,local,gpus,message", [
+    ("cuda", 3, 2, "torchrun started 4 processes on this machine but 2 GPUs are visible; use --nproc_per_node 2"),
+    ("cuda:1", 0, 2, "--device cuda:1 under torchrun: each process takes the GPU of its local rank"),
+    ("cuda", 0, None, "--device cuda: CUDA is not available here; use --device cpu"),
+])
+def test_torchrun_device_choices_that_cannot_work_are_one_line(fake_gpus, monkeypatch, device, local, gpus,
+                                                               message):
+    monkeypatch.setenv("LOCAL_RANK", str(local))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    if gpus is None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(PatchDropError, match=message):
+        distributed.rank_device(device)
+
+
+@pytest.mark.parametrize("local", [0, 1])
+def test_local_rank_0_downloads_before_the_others(monkeypatch, local):
+    events = []
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", str(local))
+    monkeypatch.setattr(distributed.dist, "barrier", lambda: events.append("barrier"))
+    with distributed.local_main_first():
+        events.append("download")
+    assert events == (["download", "barrier"] if local == 0 else ["barrier", "download"])
+
+
+def test_parallel_uses_the_runs_gpu_first_and_refuses_amp_over_several(fake_gpus):
+    assert Accel(CUDA1, parallel=True).parallel_devices() == [1, 0]
+    with pytest.raises(PatchDropError, match="--amp with --parallel over several GPUs is not supported"):
+        Accel(CUDA1, parallel=True, amp=True)
+    Accel(torch.device("cpu"), parallel=True, amp=True)  # no GPU: nothing to split over
+
+
+def test_sync_bn_is_refused_on_a_cpu_group_and_keeps_the_checkpoint_keys(monkeypatch):
+    from models import build_model
+
+    assert "no effect in a single process" in Accel(torch.device("cpu"), sync_bn=True).notes[0]
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    with pytest.raises(PatchDropError, match="--sync_bn needs GPUs"):
+        Accel(torch.device("cpu"), sync_bn=True)
+    plain = build_model("resnet32_cifar", 10)
+    synced = torch.nn.SyncBatchNorm.convert_sync_batchnorm(build_model("resnet32_cifar", 10))
+    assert any(isinstance(m, torch.nn.SyncBatchNorm) for m in synced.modules())
+    plain.load_state_dict(synced.state_dict())  # a --sync_bn checkpoint loads into the plain network
+
+
+def test_compile_does_not_recompile_for_the_last_smaller_batch():
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    net = Accel(torch.device("cpu"), compile=True).prepare(
+        torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2)), trainable=True)
+    net(torch.randn(8, 3, 6, 6))  # materialize the lazy layer
+    torch._dynamo.reset()
+    counters.clear()
+    for batch in (8, 8, 5, 8, 3):
+        net(torch.randn(batch, 3, 6, 6))
+    assert counters["stats"]["unique_graphs"] == 1

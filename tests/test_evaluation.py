@@ -217,3 +217,26 @@ def test_reproduce_script_refuses_an_interpreter_without_torch(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("error: python3 cannot import torch; set PYTHON to the interpreter of "
                                    "your environment")
+
+
+@pytest.mark.parametrize("script,argv,message", [
+    ("evaluate", ["--test_samples", "0"], "--test_samples must be positive, got 0"),
+    ("evaluate", ["--test_samples", "-5"], "--test_samples must be positive, got -5"),
+    ("evaluate", ["--num_workers", "-1"], "--num_workers must be 0 or more, got -1"),
+    ("evaluate", ["--batch_size", "0"], "--batch_size must be positive, got 0"),
+    ("evaluate", ["--speed_batches", "0"], "--speed_batches must be positive, got 0"),
+    ("visualize", ["--num_images", "0"], "--num_images must be positive, got 0"),
+    ("visualize", ["--test_samples", "-1"], "--test_samples must be positive, got -1"),
+    ("bench.stage_speed", ["--steps", "0"], "--steps must be positive, got 0"),
+    ("bench.stage_speed", ["--num_workers", "-2"], "--num_workers must be 0 or more, got -2"),
+    ("bench.step_speed", ["--reps", "0"], "--reps must be positive, got 0"),
+    ("bench.step_speed", ["--batch_size", "-8"], "--batch_size must be positive, got -8"),
+])
+def test_out_of_range_flags_of_evaluation_and_benchmarks_are_one_line(script, argv, message):
+    """The same check as the stage scripts' flags (utils.cli.check_counts), before anything is loaded."""
+    import importlib
+
+    module = importlib.import_module(script)
+    load = ["--load", "no_such_checkpoint"] if script in ("evaluate", "visualize") else []
+    with pytest.raises(PatchDropError, match=message):
+        module.main(module.get_args_parser().parse_args([*load, *argv]))

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ["versions", "gpu_tests", "step_speed_default", "step_speed_amp_cl", "classifier_throughput",
-         "stages_paper_fp32", "stages_paper_fast", "memory_r50_fp32", "memory_r50_bf16", "compile"]
+         "stages_paper_fp32", "stages_paper_fast", "memory_r50_fp32", "memory_r50_bf16", "compile", "two_ranks"]
 
 
 @pytest.mark.slow

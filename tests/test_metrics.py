@@ -48,3 +48,23 @@ def test_logger_writes_jsonl_and_tensorboard_and_truncates_on_resume(tmp_path):
     # Resuming from the checkpoint of epoch 1 drops the line of epoch 2, which will run again.
     MetricsLogger(tmp_path, resume_epoch=1).close()
     assert [json.loads(l)["epoch"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+
+
+def test_padding_repeats_do_not_count_in_the_statistics():
+    """65 images over 2 ranks: DistributedSampler pads rank 1's share (32 images) with one repeat of the
+    epoch's first image, at its end. Rank 1 counts 32 of its 33."""
+    from utils.metrics import ClassifierStats, Counted
+
+    counted = Counted(32)
+    assert [counted.take(16), counted.take(16), counted.take(1)] == [16, 16, 0]
+    assert Counted(None).take(7) == 7
+    stats = PolicyStats(torch.device("cpu"), limit=3)
+    action = torch.tensor([[1.0, 0], [0, 1], [1, 1], [0, 0]])  # the last row is the repeat
+    stats.update(torch.tensor([1.0, 1, 0, 0]), torch.tensor([1.0, 1, -1, 5]), action)
+    out = stats.compute()
+    assert (out["images"], out["unique_policies"], out["accuracy"]) == (3, 3, pytest.approx(2 / 3))
+    assert out["reward"] == pytest.approx(1 / 3)
+    classifier = ClassifierStats(torch.device("cpu"), limit=2)
+    logits = torch.tensor([[1.0, 0], [0, 1], [0, 1]])
+    classifier.update(logits, torch.tensor([0, 0, 1]), torch.tensor(0.5))
+    assert classifier.compute() == {"accuracy": 0.5, "loss": 0.5, "images": 2}

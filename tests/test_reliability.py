@@ -73,6 +73,44 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path, hr_
     assert not list(killed.glob(".*.tmp*"))
 
 
+def timing_free(run_dir: Path) -> list[dict]:
+    """metrics.jsonl without the wall times and rates, which differ between any two runs."""
+    return [{k: v for k, v in line.items() if not k.endswith(("seconds", "images_per_second"))}
+            for line in metrics_lines(run_dir)]
+
+
+def resumed_metrics(script, tmp_path: Path, args: list, monkeypatch, *, restore: bool = True) -> list[dict]:
+    """A run of 3 epochs made of 2 and a --resume of 1; with ``restore`` False the resume does not put the
+    random generators back (a broken resume: the negative control)."""
+    from utils import run as run_module
+
+    parts = tmp_path / ("parts" if restore else "parts_without_rng")
+    run(script, "--cv_dir", parts, "--max_epochs", 2, *args)
+    with monkeypatch.context() as patch:
+        if not restore:
+            patch.setattr(run_module, "restore_rng", lambda *a, **k: None)
+        run(script, "--cv_dir", parts, "--max_epochs", 3, "--resume", *args)
+    return timing_free(parts)
+
+
+def check_resume_is_the_uninterrupted_run(script, tmp_path: Path, args: list, monkeypatch) -> None:
+    """The resumed run equals the uninterrupted one exactly, and one resumed without its random state does
+    not: the comparison can tell a broken resume (used on the CPU here and in tests/test_gpu.py)."""
+    run(script, "--cv_dir", tmp_path / "whole", "--max_epochs", 3, *args)
+    whole = timing_free(tmp_path / "whole")
+    assert [m["epoch"] for m in whole] == [0, 1, 2]
+    assert resumed_metrics(script, tmp_path, args, monkeypatch) == whole
+    assert resumed_metrics(script, tmp_path, args, monkeypatch, restore=False) != whole
+
+
+def test_resume_in_process_is_the_uninterrupted_run(tmp_path, hr_run, monkeypatch):
+    import pretrain
+
+    check_resume_is_the_uninterrupted_run(pretrain, tmp_path, [
+        "--ckpt_hr_cl", hr_run, "--train_samples", 128, "--test_samples", 32, "--batch_size", 32,
+        "--test_interval", 1, *FAKE], monkeypatch)
+
+
 def test_checkpoint_holds_every_generator_state(tmp_path):
     run(classifier_training, "--cv_dir", tmp_path, "--train_samples", 16, "--test_samples", 16,
         "--max_epochs", 1, *FAKE)

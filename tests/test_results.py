@@ -34,3 +34,40 @@ def test_shipped_finetuned_policy_reproduces_its_readme_row(name, cifar10_full_t
     assert report["test_images"] == 10_000 and report["epoch"] == expected["epoch"]
     assert report["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-3)
     assert report["sparsity"] == pytest.approx(expected["sparsity"], abs=1e-3)
+
+
+def test_shipped_records_name_no_path_of_the_machine_that_made_them():
+    """Evaluation JSONs, args, logs and the checkpoints' args name paths relative to the repository."""
+    import re
+    import subprocess
+
+    import torch
+
+    absolute = re.compile(r'["\s=](/(?:work|tmp|root|home|scratch|opt|mnt|Users)/)')
+    files = subprocess.run(["git", "ls-files", "results"], cwd=ROOT, capture_output=True, text=True,
+                           check=True).stdout.split()
+    assert files
+    for name in files:
+        path = ROOT / name
+        if path.suffix == ".pt":
+            args = torch.load(path, weights_only=True)["args"]
+            text = json.dumps(args)
+        elif path.suffix in (".json", ".jsonl", ".log", ".md", ".tsv", ".csv"):
+            text = path.read_text()
+        else:
+            continue
+        assert not absolute.search(text), f"{name}: {absolute.search(text).group(1)}"
+
+
+def test_portable_paths_rule():
+    import sys
+
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from portable_paths import portable
+
+    roots = {"/scratch/runs/R32": "cv/R32"}
+    text = ('{"cv_dir": "/scratch/runs/R32/ft", "data_dir": "/data/cifar/", "python": "/opt/venv/bin/python", '
+            f'"here": "{ROOT}/results/x.json", "url": "https://arxiv.org/abs/2003.00425", "rate": "12 img/s 3/4"}}')
+    assert json.loads(portable(text, roots)) == {
+        "cv_dir": "cv/R32/ft", "data_dir": "cifar/", "python": "python", "here": "results/x.json",
+        "url": "https://arxiv.org/abs/2003.00425", "rate": "12 img/s 3/4"}

@@ -89,17 +89,17 @@ def bf16_supported(device: torch.device) -> bool:
 
 
 class DynamicBatch(nn.Module):
-    """A compiled network whose batch dimension is dynamic from its first compilation, so that the last,
-    smaller batch of an epoch does not compile it a second time. (A batch of one image is specialized
-    by torch.compile whatever is asked, and compiles once more.)"""
+    """A compiled network asked to treat its batch dimension as dynamic from its first compilation, so
+    that the last, smaller batch of an epoch does not compile it a second time. The compiler may still
+    fix the dimension where its code generator needs a constant (inductor's CPU code does for the CIFAR
+    ResNets); such a network compiles once more for the last batch, as it would without this."""
 
     def __init__(self, net: nn.Module):
         super().__init__()
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] > 1:
-            torch._dynamo.mark_dynamic(x, 0)
+        torch._dynamo.maybe_mark_dynamic(x, 0)
         return self.net(x)
 
 

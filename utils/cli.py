@@ -234,8 +234,10 @@ def start(args: Namespace, stage: str) -> tuple[ModelSpec, torch.device]:
 
 
 def start_eval(args: Namespace) -> tuple[ModelSpec, torch.device]:
-    """Start of evaluate.py and visualize.py: the spec of --model, seeds set, the device chosen and set
-    up."""
+    """Start of evaluate.py and visualize.py: their counts checked as the stages' are, the spec of
+    --model, seeds set, the device chosen and set up."""
+    check_counts(vars(args), positive=("batch_size", "test_samples", "speed_batches", "num_images"),
+                 at_least_zero=("num_workers",))
     spec = get_spec(args.model)
     seed_everything(args.seed)
     device = select_device(args.device)

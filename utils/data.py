@@ -235,7 +235,9 @@ def build_datasets(spec: ModelSpec, data_dir: str | Path, *, download: bool = Tr
     elif folder.is_dir():
         train, test = _image_folders(spec, folder, transform_train, transform_test)
     elif spec.dataset in TORCHVISION_CLASSES:
-        train, test = _torchvision(spec, data_dir, download, transform_train, transform_test)
+        # Under torchrun the processes of a machine share the folder: the first downloads, then the rest.
+        with distributed.local_main_first(enabled=download):
+            train, test = _torchvision(spec, data_dir, download, transform_train, transform_test)
     else:
         raise PatchDropError(f"no {spec.dataset} data under {data_dir}: {_layout_help(spec, data_dir)}")
     return take_subset(train, train_samples), take_subset(test, test_samples)
