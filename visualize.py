@@ -1,8 +1,10 @@
 """Where does the policy zoom? A figure of test images with the HR patches the policy acquires drawn
 over the LR image, and a heat map of how often each patch is kept over the test split.
 
-    python visualize.py --model R32_C10 --load cv/c10_ft --data_dir data/ --num_images 8
-    (writes figures/policy_R32_C10_finetune.png unless --out PATH is given)
+    python visualize.py --load cv/c10_ft --num_images 8      # writes cv/c10_ft/policy_c10_ft.png
+
+The figure goes into the checkpoint's run folder (for a checkpoint this repository ships, cv/eval/<run>/),
+into the folder --out names, or to the file --png names; it is named after the run.
 
 Kept patches show the HR pixels; dropped patches show the LR image (what the policy saw, upsampled)
 dimmed and crossed out. Each title gives the true and the predicted label (green right, red wrong).
@@ -17,7 +19,7 @@ from utils.accel import Accel
 from utils.cli import add_eval_args, eval_test_set, run_cli, start_eval
 from utils.data import build_loader
 from utils.errors import PatchDropError
-from utils.evaluation import Evaluator, Setting, load_evaluator
+from utils.evaluation import Evaluator, Setting, load_evaluator, output_dir, run_name
 from utils.policy import action_to_mask, downsample
 
 
@@ -26,9 +28,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add_eval_args(parser, load_help="pretrain, finetune or finetune2stream checkpoint",
                   lr_help="LR stream for a two-stream checkpoint (default: its own)")
-    add("--num_images", type=int, default=8)
-    add("--out", default=None, help="PNG path (default: figures/policy_<model>_<stage>.png)")
-    add("--seed", type=int, default=0, help="which test images are shown")
+    add("--num_images", type=int, default=8, help="test images drawn (default: 8)")
+    add("--png", default=None, help="the figure's file (default: <out>/policy_<run>.png)")
+    add("--seed", type=int, default=0, help="which test images are shown (default: 0)")
     return parser
 
 
@@ -124,8 +126,8 @@ def draw(path: Path, spec, shown: torch.Tensor, action: torch.Tensor, labels: to
 
 
 def main(args: argparse.Namespace) -> str:
-    spec, device = start_eval(args)
-    ckpt, evaluator = load_evaluator(spec, args.load, args.ckpt_lr_cl, Accel(device))
+    ckpt, spec, device = start_eval(args)
+    evaluator = load_evaluator(spec, ckpt, args.ckpt_lr_cl, Accel(device))
     if evaluator.agent is None:
         raise PatchDropError(f"{ckpt['path']}: a {ckpt['stage']} checkpoint has no policy to draw; pass a "
                              f"pretrain, finetune or finetune2stream checkpoint")
@@ -141,7 +143,9 @@ def main(args: argparse.Namespace) -> str:
     labels = torch.tensor([int(test_set[i][1]) for i in picks], device=device)
     action, predicted = policy_on(evaluator, images)
     shown = to_rgb(composite(images, action, evaluator.lr_size), spec.mean, spec.std)
-    out = Path(args.out or f"figures/policy_{spec.name}_{ckpt['stage']}.png")
+    if args.png is None and args.out is not None and args.out.endswith(".png"):
+        args.png = args.out  # --out naming the file, as this script's --out did before it became a folder
+    out = Path(args.png or output_dir(ckpt["path"], args.out) / f"policy_{run_name(ckpt['path'])}.png")
     draw(out, spec, shown, action, labels, predicted, heat, count, class_names(test_set),
          f"{spec.name} {ckpt['stage']}: HR patches acquired (dropped: LR, crossed out)")
     print(f"wrote {out}")

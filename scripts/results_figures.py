@@ -7,8 +7,11 @@ tradeoff.png         test accuracy against HR patches kept, one panel per fine-t
 finetune_curves.png  test accuracy and S (mean patches kept) over the epochs of each fine-tuning run,
                      from its metrics.jsonl.
 
-    python scripts/results_figures.py OUT
+    python scripts/results_figures.py OUT [--profile PROFILE]
+
+With --profile quick every figure is titled as an installation check: its numbers mean nothing.
 """
+import argparse
 import csv
 import json
 import sys
@@ -38,6 +41,7 @@ def read_sweep(path: Path) -> dict[str, list[tuple[float, float]]]:
 def finetune_runs(out: Path) -> list[str]:
     """``ft`` (the paper's penalty) first, then the sweep's ``ft_p*`` by penalty, where a sweep exists."""
     names = [p.stem.removeprefix("sweep_") for p in (out / "eval").glob("sweep_ft*.csv")]
+    names = [n for n in names if n == "ft" or n.startswith("ft_p")]
     return sorted(names, key=lambda n: (n != "ft", -float(n[4:]) if n.startswith("ft_p") else 0))
 
 
@@ -45,7 +49,10 @@ def penalty_of(out: Path, name: str) -> float:
     return json.loads((out / "eval" / f"{name}.json").read_text())["penalty"]
 
 
-def tradeoff_figure(out: Path, runs: list[str]) -> Path:
+QUICK_NOTE = "installation check (quick profile): 2 epochs a stage, numbers not meaningful"
+
+
+def tradeoff_figure(out: Path, runs: list[str], note: str | None = None) -> Path:
     sweeps = {name: read_sweep(out / "eval" / f"sweep_{name}.csv") for name in runs}
     hr_report = out / "eval" / "hr.json"
     stage1_hr = json.loads(hr_report.read_text())["accuracy"] if hr_report.is_file() else None
@@ -74,6 +81,8 @@ def tradeoff_figure(out: Path, runs: list[str]) -> Path:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=6.5, loc="lower right")
     axes[0][0].set_ylabel("test accuracy")
+    if note:
+        fig.suptitle(note, color="tab:red", fontsize=10)
     fig.tight_layout()
     path = out / "eval" / "tradeoff.png"
     fig.savefig(path, dpi=130)
@@ -81,7 +90,7 @@ def tradeoff_figure(out: Path, runs: list[str]) -> Path:
     return path
 
 
-def curves_figure(out: Path, runs: list[str]) -> Path:
+def curves_figure(out: Path, runs: list[str], note: str | None = None) -> Path:
     fig, (acc_ax, s_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
     for name in runs:
         lines = [json.loads(l) for l in (out / name / "metrics.jsonl").read_text().splitlines() if l.strip()]
@@ -98,6 +107,8 @@ def curves_figure(out: Path, runs: list[str]) -> Path:
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    if note:
+        fig.suptitle(note, color="tab:red", fontsize=10)
     fig.tight_layout()
     path = out / "eval" / "finetune_curves.png"
     fig.savefig(path, dpi=130)
@@ -105,16 +116,19 @@ def curves_figure(out: Path, runs: list[str]) -> Path:
     return path
 
 
-def main(out: Path) -> None:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="figures of a scripts/reproduce.sh output folder")
+    parser.add_argument("out", type=Path, help="the folder (with eval/)")
+    parser.add_argument("--profile", default=None, help="the profile it ran; quick marks the figures")
+    args = parser.parse_args(argv)
+    out, note = args.out, QUICK_NOTE if args.profile == "quick" else None
     runs = finetune_runs(out)
     if not runs:
         sys.exit(f"error: {out}/eval holds no sweep_ft*.csv; run scripts/reproduce.sh first")
-    print(f"wrote {tradeoff_figure(out, runs)}")
+    print(f"wrote {tradeoff_figure(out, runs, note)}")
     curve_runs = runs + (["ft2"] if (out / "ft2" / "metrics.jsonl").is_file() else [])
-    print(f"wrote {curves_figure(out, curve_runs)}")
+    print(f"wrote {curves_figure(out, curve_runs, note)}")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python scripts/results_figures.py OUT  (a scripts/reproduce.sh output folder)")
-    main(Path(sys.argv[1]))
+    main()

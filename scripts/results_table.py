@@ -6,8 +6,11 @@ policy's budget k on its own classifier and the policy itself, then Ft-2. Column
 patches kept of 16) and the checkpoint the numbers come from. A last table gives each stage's wall time
 (from OUT/wall_times.tsv).
 
-    python scripts/results_table.py OUT
+    python scripts/results_table.py OUT [--profile PROFILE]
+
+With --profile quick the table is headed as an installation check: its numbers mean nothing.
 """
+import argparse
 import json
 import sys
 from collections import defaultdict
@@ -59,9 +62,15 @@ def wall_times(out: Path) -> dict[str, int]:
     return dict(seconds)
 
 
-def main(out: Path) -> None:
+QUICK_NOTE = ("**Installation check (quick profile): 2 epochs a stage on a small subset. These numbers mean "
+              "nothing about the method; the `cpu_full` and `paper` profiles measure it.**\n")
+
+
+def main(out: Path, profile: str | None = None) -> None:
     evals = {p.stem: json.loads(p.read_text()) for p in sorted((out / "eval").glob("*.json"))}
     first = next(iter(evals.values()), {})
+    if profile == "quick":
+        print(QUICK_NOTE)
     print(f"| {first.get('model', '?')}, {first.get('test_images', '?')} test images | accuracy | "
           f"S (of 16) | checkpoint |")
     print("|---|---|---|---|")
@@ -77,7 +86,10 @@ def main(out: Path) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2 or not (Path(sys.argv[1]) / "eval").is_dir():
-        sys.exit("usage: python scripts/results_table.py OUT  (OUT: a scripts/reproduce.sh output folder "
-                 "with eval/)")
-    main(Path(sys.argv[1]))
+    parser = argparse.ArgumentParser(description="the results table of a scripts/reproduce.sh output folder")
+    parser.add_argument("out", type=Path, help="the folder (with eval/)")
+    parser.add_argument("--profile", default=None, help="the profile it ran; quick marks the table")
+    args = parser.parse_args()
+    if not (args.out / "eval").is_dir():
+        sys.exit(f"error: {args.out} has no eval/ folder; run scripts/reproduce.sh first")
+    main(args.out, args.profile)

@@ -91,8 +91,10 @@ def test_sweeps_are_monotone_in_patches_kept():
     _, test = build_datasets(SPECS["R32_C10"], "unused", fake_data=True, train_samples=1, test_samples=96)
     thresholds = [Setting("threshold", t) for t in (0.0, 0.3, 0.45, 0.5, 0.55, 0.7, 1.0)]
     budgets = [Setting("budget", k) for k in range(17)]
-    results = evaluator.run(build_loader(test, 32, train=False, num_workers=0, device=CPU, seed=0),
-                            thresholds + budgets)
+    results, correct = evaluator.run(build_loader(test, 32, train=False, num_workers=0, device=CPU, seed=0),
+                                     thresholds + budgets)
+    assert all(correct[s.name].shape == (96,) and correct[s.name].mean() == results[s.name]["accuracy"]
+               for s in thresholds + budgets)  # per-image correctness, for the paired comparisons
     kept = [results[s.name]["sparsity"] for s in thresholds]
     assert kept == sorted(kept, reverse=True) and kept[0] == 16
     assert [results[s.name]["sparsity"] for s in budgets] == list(range(17))
@@ -130,13 +132,26 @@ def test_evaluate_agrees_with_the_training_script_and_writes_its_files(tmp_path,
                                         "resnet_hr": 137_725_184}
     assert saved["images_per_second"] > 0
     rows = list(csv.DictReader((out / "s.csv").open()))
-    assert set(rows[0]) == {"method", "setting", "patches", "accuracy"}
+    assert list(rows[0])[:6] == ["method", "setting", "patches", "accuracy", "accuracy_low", "accuracy_high"]
     methods = {row["method"] for row in rows}
     assert methods == {"policy", "threshold", "budget", "full_hr", "lr_only", "random", "center", "fixed_h",
                        "fixed_v"}
     k = saved["policy_budget"]
     assert saved["settings"][f"random k={k}"]["sparsity"] == k  # baselines at the policy's budget
     assert (out / "s.png").read_bytes()[:8] == PNG_MAGIC
+    # Paired comparisons: the greedy policy against each baseline at its budget, the top-k policy against
+    # each baseline at every k; the difference is that of the two accuracies on the same images.
+    pairs = {(c["policy"], c["baseline"]): c for c in saved["comparisons"]}
+    assert {b for p, b in pairs if p == "policy"} == {f"{m} k={k}" for m in ("random", "center", "fixed_h", "fixed_v")}
+    assert len([1 for p, _ in pairs if p.startswith("budget")]) == 4 * 16
+    for (policy, baseline), pair in pairs.items():
+        settings = saved["settings"]
+        assert pair["difference"] == pytest.approx(settings[policy]["accuracy"] - settings[baseline]["accuracy"])
+        assert pair["low"] <= pair["difference"] <= pair["high"] and 0 <= pair["p_value"] <= 1
+    centre = next(row for row in rows if row["method"] == "center" and row["setting"] == str(k))
+    assert float(centre["vs_policy_difference"]) == pytest.approx(pairs[("policy", f"center k={k}")]["difference"])
+    for name, setting in saved["settings"].items():
+        assert setting["accuracy_low"] <= setting["accuracy"] <= setting["accuracy_high"], name
 
 
 def test_evaluate_classifier_checkpoints(tmp_path, fake_chain):
@@ -149,6 +164,35 @@ def test_evaluate_classifier_checkpoints(tmp_path, fake_chain):
         run(evaluate, "--load", cv / "hr", "--budgets", 4, *FAKE)
     with pytest.raises(PatchDropError, match="--budgets must lie in 0..16"):
         run(evaluate, "--load", cv / "ft", "--budgets", 17, *FAKE)
+
+
+def test_random_baseline_of_a_budget_does_not_depend_on_the_other_budgets(fake_chain):
+    cv, _ = fake_chain
+    alone = run(evaluate, "--load", cv / "ft", "--baselines", "--budgets", 4, "--out", cv / "a", *FAKE)
+    among = run(evaluate, "--load", cv / "ft", "--baselines", "--budgets", 2, 4, 8, "--out", cv / "b", *FAKE)
+    assert alone["settings"]["random k=4"] == among["settings"]["random k=4"]
+    from utils.evaluation import setting_seed
+
+    assert len({setting_seed(0, 4), setting_seed(1, 4), setting_seed(0, 2), setting_seed(0, 8)}) == 4
+
+
+def test_outputs_go_into_the_run_folder_and_the_model_comes_from_the_checkpoint(fake_chain, capsys):
+    from utils.evaluation import output_dir
+
+    cv, _ = fake_chain
+    report = run(evaluate, "--load", cv / "ft", *FAKE)  # no --model: the checkpoint's
+    assert report["model"] == "R32_C10"
+    assert json.loads((cv / "ft" / "eval_ft.json").read_text())["accuracy"] == report["accuracy"]
+    assert (cv / "ft" / "sweep_ft.csv").is_file() and f"wrote {cv / 'ft' / 'eval_ft.json'}" in capsys.readouterr().out
+    assert run(visualize, "--load", cv / "ft", "--num_images", 2, *FAKE) == str(cv / "ft" / "policy_ft.png")
+    assert run(visualize, "--load", cv / "ft" / "ckpt_best.pt", "--num_images", 2, *FAKE) == \
+        str(cv / "ft" / "policy_ft_ckpt_best.png")
+    # A checkpoint this repository ships is never written beside: cv/eval/<run>/ instead.
+    shipped = ROOT / "results" / "R32_C10_cpu_full" / "checkpoints" / "ft_p0.5" / "ckpt_last.pt"
+    assert output_dir(shipped) == Path("cv") / "eval" / "ft_p0.5"
+    with pytest.raises(PatchDropError, match="expected a .* checkpoint for --model R32_C100, found a finetune "
+                                             "checkpoint for --model R32_C10"):
+        run(evaluate, "--load", cv / "ft", "--model", "R32_C100", *FAKE)
 
 
 def test_visualize_writes_a_figure(tmp_path, fake_chain):
@@ -205,8 +249,20 @@ def test_reproduce_script_runs_then_skips_finished_stages(tmp_path):
         assert row in table, row
     # The finetune at penalty -2 started from the same pretrained policy and HR classifier as -10's.
     assert json.loads((out / "ft_p2" / "args.json").read_text())["penalty"] == -2
+    # Each command has each flag once: the profile's and the user's replace the paper command's.
+    pretrain_line = next(line for line in first.stdout.splitlines() if line.startswith("== pt: "))
+    assert pretrain_line.count("--lr ") == 1 and "--lr 1e-3" in pretrain_line and "--max_epochs 1" in pretrain_line
     second = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert second.returncode == 0 and second.stdout.count("finished earlier, skipped") == 6
+    # Asked for real data now, into the same folders: refused, nothing reused or overwritten.
+    real = argv[:argv.index("--")] + ["--data_dir", str(tmp_path / "elsewhere")] + argv[argv.index("--"):]
+    real.remove("--fake_data")
+    third = subprocess.run(real, cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
+    assert third.returncode == 2, third.stdout[-2000:]
+    assert third.stderr.strip() == (f"error: {out / 'hr'} holds a run made with other settings (--data_dir "
+                                    f"data/cifar10_sample in the run, {tmp_path / 'elsewhere'} asked for; "
+                                    f"--fake_data True in the run, False asked for); choose another --out, or "
+                                    f"delete {out / 'hr'}")
 
 
 def test_reproduce_script_refuses_an_interpreter_without_torch(tmp_path):

@@ -79,7 +79,7 @@ def test_evaluate_and_visualize_on_cuda(gpu_chain, tmp_path):
     report = run(evaluate, "--load", gpu_chain / "ft", "--baselines", "--budgets", 4, 8, "--device", "cuda",
                  "--amp", "--channels_last", *EVAL)
     assert report["device"] == torch.cuda.get_device_name() and 0 <= report["accuracy"] <= 1
-    out = run(visualize, "--load", gpu_chain / "ft2", "--out", tmp_path / "v.png", "--device", "cuda", *EVAL)
+    out = run(visualize, "--load", gpu_chain / "ft2", "--png", tmp_path / "v.png", "--device", "cuda", *EVAL)
     assert Path(out).is_file()
 
 

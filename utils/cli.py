@@ -21,11 +21,11 @@ from tqdm import tqdm
 
 from . import distributed
 from .accel import configure_backends, select_device, seed_everything
-from .checkpoint import BEST, LAST
+from .checkpoint import BEST, LAST, load_checkpoint
 from .data import TORCHVISION_CLASSES, Loaders, build_datasets, build_loaders, default_num_workers
 from .errors import PatchDropError, error_line
 from .run import Run
-from .spec import ModelSpec, get_spec
+from .spec import STAGES, ModelSpec, get_spec
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     """The flags of all four scripts. A default of None means: from the --resume checkpoint when
@@ -91,16 +91,23 @@ def add_policy_args(parser: argparse.ArgumentParser) -> None:
 def add_eval_args(parser: argparse.ArgumentParser, *, load_help: str, lr_help: str) -> None:
     """The flags evaluate.py and visualize.py share: which checkpoint, which test data, where to run."""
     add = parser.add_argument
-    add("--model", default="R32_C10", help="R32_C10, R32_C100, R50_ImgNet, R34_fMoW")
     add("--load", "--Load", dest="load", required=True, help=load_help)
+    add("--model", default=None, help="R32_C10, R32_C100, R50_ImgNet or R34_fMoW (default: the checkpoint's; "
+                                      "another one is refused)")
     add("--ckpt_lr_cl", default=None, help=lr_help)
-    add("--data_dir", default="data/", help="dataset root (see data/README.md)")
-    add("--batch_size", type=int, default=256)
-    add("--num_workers", type=int, default=2)
-    add("--test_samples", type=int, default=None, help="use a fixed random subset of N test images")
+    add("--data_dir", default="data/", help="dataset root, see data/README.md (default: data/; the embedded "
+                                            "CIFAR-10 sample: data/cifar10_sample)")
+    add("--out", default=None, metavar="DIR",
+        help="folder for the files written (default: the checkpoint's run folder; for a checkpoint this "
+             "repository ships, cv/eval/<run>/)")
+    add("--batch_size", type=int, default=256, help="images per batch (default: 256)")
+    add("--num_workers", type=int, default=2, help="DataLoader worker processes (default: 2)")
+    add("--test_samples", type=int, default=None, help="a fixed random subset of N test images (default: all)")
     add("--fake_data", action="store_true", help="random images of the right shape (smoke runs)")
     add("--no_download", action="store_true", help="never download torchvision's CIFAR files")
-    add("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    add("--print_freq", type=int, default=10, metavar="N",
+        help="when the output is not a terminal, a line every N batches; 0: none (default: 10)")
+    add("--device", default="auto", help="auto (CUDA if available; default), cpu, cuda, cuda:N")
     add("--no_tf32", action="store_true", help="strict float32 on the GPU (no TF32 in cuDNN convolutions)")
 
 
@@ -233,16 +240,20 @@ def start(args: Namespace, stage: str) -> tuple[ModelSpec, torch.device]:
     return spec, device
 
 
-def start_eval(args: Namespace) -> tuple[ModelSpec, torch.device]:
-    """Start of evaluate.py and visualize.py: their counts checked as the stages' are, the spec of
-    --model, seeds set, the device chosen and set up."""
+def start_eval(args: Namespace) -> tuple[dict, ModelSpec, torch.device]:
+    """Start of evaluate.py and visualize.py: their counts checked as the stages' are, the checkpoint of
+    --load (of --model if given, any model else), the spec of its model, seeds set, the device chosen
+    and set up. Returns (checkpoint, spec, device)."""
     check_counts(vars(args), positive=("batch_size", "test_samples", "speed_batches", "num_images"),
-                 at_least_zero=("num_workers",))
-    spec = get_spec(args.model)
+                 at_least_zero=("num_workers", "print_freq"))
+    if args.model is not None:
+        get_spec(args.model)  # an unknown name is refused as such, before the checkpoint is read
+    ckpt = load_checkpoint(args.load, stages=STAGES, model=args.model)
+    spec = get_spec(ckpt["model"])
     seed_everything(args.seed)
     device = select_device(args.device)
     configure_backends(device, tf32=not args.no_tf32)
-    return spec, device
+    return ckpt, spec, device
 
 
 def eval_test_set(args: Namespace, spec: ModelSpec):

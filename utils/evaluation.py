@@ -17,18 +17,20 @@ Every setting but ``lr_only`` feeds the HR classifier the masked HR image (fused
 for two-stream models), so baselines and policy share one classifier and one data pass.
 """
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
+import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from models import build_model
 
-from .checkpoint import load_checkpoint, load_weights
+from .checkpoint import LAST, load_weights
 from .metrics import PolicyStats
 from .policy import (apply_curriculum, compute_reward, curriculum_learned, downsample, fuse_logits,
                      greedy_action, mask_image)
-from .spec import STAGES
+from .stats import mcnemar_exact, paired_bootstrap
 from .weights import load_lr_classifier
 
 POLICY_METHODS = ("policy", "threshold", "budget")  # settings that need the policy network
@@ -66,6 +68,12 @@ def topk_action(probs: torch.Tensor, k: int) -> torch.Tensor:
         order = torch.sort(probs, dim=1, descending=True, stable=True).indices
         action.scatter_(1, order[:, :k], 1.0)
     return action
+
+
+def setting_seed(seed: int, k: int) -> int:
+    """The seed of the random baseline keeping k patches: from (seed, k) alone, so its row is the same
+    whichever other budgets are scored beside it."""
+    return int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
 
 
 def random_action(batch: int, num_patches: int, k: int, generator: torch.Generator,
@@ -123,10 +131,14 @@ class Evaluator:
         return fuse_logits(hr_logits, lr_logits, action, self.fusion) if self.fusion else hr_logits
 
     @torch.no_grad()
-    def run(self, loader, settings: list[Setting]) -> dict[str, dict]:
-        """Accuracy, reward, S, V and # of every setting over ``loader``, in one pass over the data."""
+    def run(self, loader, settings: list[Setting]) -> tuple[dict[str, dict], dict[str, np.ndarray]]:
+        """Accuracy, reward, S, V, # and images of every setting over ``loader``, in one pass over the
+        data, and each setting's per-image correctness [N] (bool, in the loader's order) for paired
+        comparisons."""
         stats = {s.name: PolicyStats(self.accel.device) for s in settings}
-        generator = torch.Generator().manual_seed(self.seed)  # random baselines: same draws every run
+        # Random baselines: each budget k draws from its own stream, seeded by (seed, k).
+        generators = {s.name: torch.Generator().manual_seed(setting_seed(self.seed, int(s.value)))
+                      for s in settings if s.method == "random"}
         needs_probs = any(s.method in POLICY_METHODS for s in settings)
         needs_lr = self.resnet_lr is not None and (self.fusion or any(s.method == "lr_only" for s in settings))
         for inputs, targets in loader:
@@ -136,11 +148,13 @@ class Evaluator:
                 probs = torch.sigmoid(self.agent(inputs_lr).float()) if needs_probs else None
                 lr_logits = self.resnet_lr(inputs_lr).float() if needs_lr else None
             for setting in settings:
-                action = self.action(setting, probs, len(targets), inputs.device, generator)
+                action = self.action(setting, probs, len(targets), inputs.device, generators.get(setting.name))
                 logits = self.logits(setting, inputs, action, lr_logits)
                 reward, correct = compute_reward(logits, targets, action, self.penalty)
                 stats[setting.name].update(correct, reward, action)
-        return {name: s.compute() for name, s in stats.items()}
+        correct = {name: torch.cat(s.correct).cpu().numpy() > 0.5 if s.correct else np.zeros(0, bool)
+                   for name, s in stats.items()}
+        return {name: s.compute() for name, s in stats.items()}, correct
 
     def flops_per_image(self, setting: Setting, hr_size: int, device) -> dict[str, int]:
         """FLOPs of one image through each network the setting uses, by torch.utils.flop_counter
@@ -157,10 +171,9 @@ class Evaluator:
         return {"total": sum(flops.values()), **flops}
 
 
-def load_evaluator(spec, load: str, ckpt_lr_cl: str | None, accel, seed: int = 0) -> tuple[dict, Evaluator]:
-    """An Evaluator of the networks of checkpoint ``load`` (any stage), with the LR classifier of
-    ``ckpt_lr_cl`` when given, prepared on ``accel``'s device; and the checkpoint itself."""
-    ckpt = load_checkpoint(load, stages=STAGES, model=spec.name)
+def load_evaluator(spec, ckpt: dict, ckpt_lr_cl: str | None, accel, seed: int = 0) -> Evaluator:
+    """An Evaluator of the networks of checkpoint ``ckpt`` (any stage, loaded by load_checkpoint), with the
+    LR classifier of ``ckpt_lr_cl`` when given, prepared on ``accel``'s device."""
     stage, saved = ckpt["stage"], ckpt["args"]
     lr_size = saved.get("lr_size") or (saved.get("img_size") if stage == "classifier_lr" else None)
     lr_size = lr_size or spec.lr_size
@@ -182,7 +195,31 @@ def load_evaluator(spec, load: str, ckpt_lr_cl: str | None, accel, seed: int = 0
                           grid=spec.grid, lr_size=lr_size,
                           penalty=saved.get("penalty") or spec.stages["finetune"].penalty, accel=accel,
                           seed=seed, learned=curriculum_of(ckpt, spec.num_patches))
-    return ckpt, evaluator
+    return evaluator
+
+
+# Folders this repository ships: outputs for a checkpoint inside one go to cv/eval/<run>/ instead.
+SHIPPED = ("results", "figures")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_name(ckpt_path: str | Path) -> str:
+    """A checkpoint's run, by name: its folder's name, with the file's stem unless it is ckpt_last.pt
+    (c10_ft for cv/c10_ft/ckpt_last.pt, c10_ft_ckpt_best for cv/c10_ft/ckpt_best.pt)."""
+    path = Path(ckpt_path)
+    return path.parent.name if path.name == LAST else f"{path.parent.name}_{path.stem}"
+
+
+def output_dir(ckpt_path: str | Path, out: str | Path | None = None) -> Path:
+    """Where evaluate.py and visualize.py write for a checkpoint: ``out`` when given; else the
+    checkpoint's run folder, unless that is a folder this repository ships (results/, figures/), which
+    is never written into: then cv/eval/<run name>/."""
+    if out is not None:
+        return Path(out)
+    folder = Path(ckpt_path).resolve().parent
+    if any(folder.is_relative_to(REPO / shipped) for shipped in SHIPPED):
+        return Path("cv") / "eval" / run_name(ckpt_path)
+    return Path(ckpt_path).parent
 
 
 def curriculum_of(ckpt: dict, num_patches: int) -> torch.Tensor | None:
@@ -201,8 +238,38 @@ def count_flops(net, size: int, device) -> int:
     return int(counter.get_total_flops())
 
 
-def sweep_rows(results: dict[str, dict], settings: list[Setting]) -> list[dict]:
-    """Rows ``method, setting, patches, accuracy`` (patches = mean HR patches kept) of a sweep."""
-    return [{"method": s.method, "setting": "" if s.value is None else s.value,
-             "patches": results[s.name]["sparsity"], "accuracy": results[s.name]["accuracy"]}
-            for s in settings]
+def comparisons(settings: list[Setting], correct: dict[str, np.ndarray], policy_budget: int | None) -> list[dict]:
+    """The learned policy against each baseline that keeps as many patches: its greedy choice against
+    the baselines at its own budget (its mean patches kept, rounded), and its top-k ranking ("budget k")
+    against the baselines at each swept k. Each: the accuracy difference (policy - baseline) with its
+    95 % paired-bootstrap interval over the test images, and McNemar's exact p-value (utils/stats.py)."""
+    rows = []
+    for baseline in settings:
+        if baseline.method not in ("random", *FIXED_METHODS):
+            continue
+        k = int(baseline.value)
+        for policy in ("policy" if k == policy_budget else None, f"budget k={k}"):
+            if policy in correct:
+                diff, low, high = paired_bootstrap(correct[policy], correct[baseline.name])
+                p_value, only_policy, only_baseline = mcnemar_exact(correct[policy], correct[baseline.name])
+                rows.append({"policy": policy, "baseline": baseline.name, "method": baseline.method, "k": k,
+                             "difference": diff, "low": low, "high": high, "p_value": p_value,
+                             "only_policy_right": only_policy, "only_baseline_right": only_baseline})
+    return rows
+
+
+def sweep_rows(results: dict[str, dict], settings: list[Setting], pairs: list[dict]) -> list[dict]:
+    """Rows of the sweep CSV, one per setting: ``method, setting, patches`` (mean HR patches kept),
+    ``accuracy`` with its 95 % interval, and for a baseline its comparison with the greedy policy
+    (``vs_policy_*``, at the policy's budget) and with the top-k policy at the same k (``vs_topk_*``)."""
+    rows = []
+    for s in settings:
+        r = results[s.name]
+        row = {"method": s.method, "setting": "" if s.value is None else s.value, "patches": r["sparsity"],
+               "accuracy": r["accuracy"], "accuracy_low": r["accuracy_low"], "accuracy_high": r["accuracy_high"]}
+        for prefix, policy in (("vs_policy", "policy"), ("vs_topk", f"budget k={s.value}")):
+            pair = next((c for c in pairs if c["baseline"] == s.name and c["policy"] == policy), None)
+            for key in ("difference", "low", "high", "p_value"):
+                row[f"{prefix}_{key}"] = pair[key] if pair else ""
+        rows.append(row)
+    return rows
