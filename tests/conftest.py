@@ -1,8 +1,10 @@
-"""Shared fixtures: a small real CIFAR-10 subset extracted from the archive named by
-PATCHDROP_CIFAR10_TAR (tests that need it are skipped with a reason when it is unset), and the CPU
-pinned for every test not marked ``gpu``."""
+"""Shared fixtures: a small real CIFAR-10 subset, extracted from the archive named by
+PATCHDROP_CIFAR10_TAR or, when that is unset, copied from the sample shipped in data/cifar10_sample
+(the same files either way); all 10,000 test images (the archive only; skipped with the reason
+without it); and the CPU pinned for every test not marked ``gpu``."""
 import os
 import re
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 import torch
 
 CIFAR_TAR_ENV = "PATCHDROP_CIFAR10_TAR"
+SAMPLE = Path(__file__).resolve().parents[1] / "data" / "cifar10_sample"  # 200 train + 100 test a class
 # Images per class extracted for the real-data tests: 30 train + 10 test per class.
 PER_CLASS = {"train": 30, "test": 10}
 
@@ -33,10 +36,26 @@ def extract_cifar10(tmp_path_factory, name: str, keep) -> Path:
     return root
 
 
+def copy_from_sample(tmp_path_factory, name: str, keep) -> Path:
+    """extract_cifar10 from the shipped sample instead of the archive (its files are the archive's)."""
+    root = tmp_path_factory.mktemp(name)
+    for image in sorted(SAMPLE.glob("CIFAR10/*/*/*.jpg")):
+        split = image.parent.parent.name
+        if keep(split, int(image.stem)):
+            target = root / image.relative_to(SAMPLE)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(image, target)
+    return root
+
+
 @pytest.fixture(scope="session")
 def cifar10_dir(tmp_path_factory) -> Path:
-    """A data directory holding CIFAR10/{train,test}/<class>/NNNN.jpg, 300 train and 100 test images."""
-    return extract_cifar10(tmp_path_factory, "cifar", lambda split, number: number < PER_CLASS[split])
+    """A data directory holding CIFAR10/{train,test}/<class>/NNNN.jpg, 300 train and 100 test images
+    (numbers below 30 and 10 in each class): from the archive, or from the shipped sample without it."""
+    keep = lambda split, number: number < PER_CLASS[split]  # noqa: E731
+    if not os.environ.get(CIFAR_TAR_ENV):
+        return copy_from_sample(tmp_path_factory, "cifar", keep)
+    return extract_cifar10(tmp_path_factory, "cifar", keep)
 
 
 @pytest.fixture(scope="session")

@@ -23,6 +23,22 @@ def test_shipped_checkpoints_match_their_sums():
     assert sum((CHECKPOINTS / line.split("  ")[1]).stat().st_size for line in lines) <= 17 * 2**20
 
 
+# The shipped networks on the 1,000 test images of the embedded sample (data/cifar10_sample): the README's
+# quick start prints these (measured with evaluate.py on the CPU, float32).
+ON_THE_SAMPLE = {"ft": (0.8470, 11.962), "ft_p2": (0.8400, 10.549), "ft_p0.5": (0.7710, 6.333), "hr": (0.8580, 16)}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(ON_THE_SAMPLE))
+def test_shipped_networks_on_the_embedded_sample(name, tmp_path):
+    report = run(evaluate, "--load", CHECKPOINTS / name, "--data_dir", ROOT / "data" / "cifar10_sample",
+                 "--device", "cpu", "--num_workers", 0, "--speed_batches", 1, "--out", tmp_path)
+    accuracy, sparsity = ON_THE_SAMPLE[name]
+    assert report["test_images"] == 1000
+    assert report["accuracy"] == pytest.approx(accuracy, abs=5e-4)
+    assert report["sparsity"] == pytest.approx(sparsity, abs=5e-4)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["ft", "ft_p2", "ft_p0.5"])
 def test_shipped_finetuned_policy_reproduces_its_readme_row(name, cifar10_full_test):
@@ -30,7 +46,7 @@ def test_shipped_finetuned_policy_reproduces_its_readme_row(name, cifar10_full_t
     evaluation (results/.../eval/<name>.json, the numbers of the README's table) to 0.001."""
     expected = json.loads((RESULTS / "eval" / f"{name}.json").read_text())
     report = run(evaluate, "--model", "R32_C10", "--load", CHECKPOINTS / name, "--data_dir", cifar10_full_test,
-                 "--device", "cpu", "--num_workers", 0, "--speed_batches", 1)
+                 "--device", "cpu", "--num_workers", 0, "--speed_batches", 1, "--out", cifar10_full_test / "eval")
     assert report["test_images"] == 10_000 and report["epoch"] == expected["epoch"]
     assert report["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-3)
     assert report["sparsity"] == pytest.approx(expected["sparsity"], abs=1e-3)
