@@ -35,7 +35,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="input side (default: the spec's HR size for hr, LR size for lr)")
     parser.add_argument("--pretrained", default=None, metavar="PATH",
                         help="initialize from a torchvision-format state dict, e.g. ImageNet weights "
-                             "(the final layer is replaced when the class count differs)")
+                             "(the final layer is replaced when the class count differs; default: random "
+                             "initialization)")
     parser.add_argument("--optimizer", choices=("sgd", "adam"), default=None,
                         help="sgd (momentum 0.9; default on CIFAR) or adam (default on ImageNet and fMoW)")
     parser.add_argument("--lr_milestones", type=int, nargs="*", default=None, metavar="EPOCH",

@@ -42,16 +42,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     add = parser.add_argument
     add_eval_args(parser, load_help="checkpoint of any stage (file or run dir)",
                   lr_help="LR classifier checkpoint: the 'LR only' baseline, and the LR stream of a "
-                          "two-stream checkpoint instead of its own")
+                          "two-stream checkpoint instead of its own (default: none)")
     add("--seed", type=int, default=0, help="seed of the random baseline (with k: the stream of budget k; "
                                             "default: 0)")
     add("--amp", action="store_true", help="bfloat16 autocast (default: float32)")
-    add("--channels_last", action="store_true", help="NHWC memory format")
+    add("--channels_last", action="store_true", help="NHWC memory format (default: off)")
     add("--baselines", action="store_true",
         help="also full HR, LR only, random and fixed patches, each compared with the policy (costs one "
-             "classifier pass per setting: README, Evaluate)")
-    add("--thresholds", type=float, nargs="+", default=[], help="policy probability thresholds to sweep")
-    add("--budgets", nargs="+", default=[], help="k most probable patches to sweep (list, or 'all')")
+             "classifier pass per setting: README, Evaluate; default: off)")
+    add("--thresholds", type=float, nargs="+", default=[], help="policy probability thresholds to sweep (default: none)")
+    add("--budgets", nargs="+", default=[], help="k most probable patches to sweep: a list, or 'all' (default: none)")
     add("--json", default=None, help="the results as a JSON object (default: <out>/eval_<run>.json)")
     add("--sweep_csv", default=None, help="a row per setting (default: <out>/sweep_<run>.csv)")
     add("--sweep_png", default=None, help="accuracy against patches kept (default: <out>/sweep_<run>.png)")

@@ -34,7 +34,8 @@ STAGE = "finetune"
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="PatchDrop stage 3: joint fine-tuning")
     parser.add_argument("--load", "--Load", dest="load", default=None,
-                        help="pretrain checkpoint (file or run dir) to start the policy from")
+                        help="pretrain checkpoint (file or run dir) to start the policy from (default: none, a "
+                             "random policy, with a note)")
     parser.add_argument("--ckpt_hr_cl", default=None,
                         help="HR classifier checkpoint (default: the one stored in --load)")
     add_common_args(parser)

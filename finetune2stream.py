@@ -34,7 +34,8 @@ STAGE = "finetune2stream"
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="PatchDrop stage 4: two-stream fine-tuning")
     parser.add_argument("--load", "--Load", dest="load", default=None,
-                        help="finetune checkpoint (file or run dir): policy and HR classifier")
+                        help="finetune checkpoint (file or run dir): policy and HR classifier (default: none, a "
+                             "random policy, with a note)")
     parser.add_argument("--ckpt_hr_cl", default=None,
                         help="HR classifier checkpoint (default: the one stored in --load)")
     parser.add_argument("--ckpt_lr_cl", default=None, help="LR classifier checkpoint (required)")

@@ -30,7 +30,7 @@ STAGE = "pretrain"
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="PatchDrop stage 2: policy pre-training")
-    parser.add_argument("--ckpt_hr_cl", default=None, help="HR classifier checkpoint (file or run dir)")
+    parser.add_argument("--ckpt_hr_cl", default=None, help="HR classifier checkpoint (file or run dir; required)")
     add_common_args(parser)
     add_policy_args(parser)
     # Not in the authors' final pretrain; their earlier commit 1df48e5 always ran it (method.md).

@@ -36,19 +36,20 @@ TRAIN_IMAGES = {"CIFAR10": 50_000, "CIFAR100": 50_000, "ImageNet": 1_281_167}
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="PatchDrop stage throughput and projected wall time")
     add = parser.add_argument
-    add("--model", default="R32_C10")
-    add("--stages", nargs="+", default=list(STAGES), choices=STAGES)
-    add("--steps", type=int, default=50, help="timed steps per stage, after the first")
+    add("--model", default="R32_C10", help="R32_C10 (default), R32_C100, R50_ImgNet or R34_fMoW")
+    add("--stages", nargs="+", default=list(STAGES), choices=STAGES, help="stages to time (default: all five)")
+    add("--steps", type=int, default=50, help="timed steps per stage, after the first (default: 50)")
     add("--batch_size", type=int, default=None, help="one batch size for all stages (default: the spec's)")
-    add("--data_dir", default="data/")
-    add("--fake_data", action="store_true")
-    add("--train_samples", type=int, default=None, help="images held or read (a subset is enough)")
-    add("--synthetic", action="store_true", help="a random batch on the device instead of a loader")
-    add("--num_workers", type=int, default=4)
-    add("--device", default="auto")
-    for flag in ("--amp", "--channels_last", "--compile", "--gpu_data"):
-        add(flag, action="store_true")
-    add("--json", default=None, help="write the rows here")
+    add("--data_dir", default="data/", help="dataset root (default: data/)")
+    add("--fake_data", action="store_true", help="random images of the right shape (default: off)")
+    add("--train_samples", type=int, default=None, help="images held or read; a subset is enough (default: all)")
+    add("--synthetic", action="store_true", help="a random batch on the device instead of a loader (default: off)")
+    add("--num_workers", type=int, default=4, help="DataLoader worker processes (default: 4)")
+    add("--device", default="auto", help="auto (CUDA if available; default), cpu, cuda, cuda:N")
+    for flag, what in (("--amp", "bfloat16 autocast"), ("--channels_last", "NHWC memory format"),
+                       ("--compile", "torch.compile"), ("--gpu_data", "CIFAR held and augmented on the device")):
+        add(flag, action="store_true", help=f"{what} (default: off)")
+    add("--json", default=None, help="also write the rows to this JSON file (default: none)")
     return parser
 
 

@@ -33,18 +33,19 @@ STAGES = ("classifier_hr", "classifier_lr", "pretrain", "finetune", "finetune2st
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="PatchDrop training-step benchmark")
-    parser.add_argument("--model", default="R32_C10")
-    parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--stages", nargs="+", default=list(STAGES), choices=STAGES)
-    parser.add_argument("--reps", type=int, default=5, help="timed repetitions per implementation")
-    parser.add_argument("--steps", type=int, default=5, help="steps per repetition")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--amp", action="store_true")
-    parser.add_argument("--channels_last", action="store_true")
-    parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--frozen_pass", choices=("default", "both"), default="default",
-                        help="both: also time pretrain with one 2B pass of the frozen classifier")
-    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    add = parser.add_argument
+    add("--model", default="R32_C10", help="R32_C10 (default), R32_C100, R50_ImgNet or R34_fMoW")
+    add("--batch_size", type=int, default=256, help="images per step (default: 256)")
+    add("--stages", nargs="+", default=list(STAGES), choices=STAGES, help="stages to time (default: all five)")
+    add("--reps", type=int, default=5, help="timed repetitions per implementation (default: 5)")
+    add("--steps", type=int, default=5, help="steps per repetition (default: 5)")
+    add("--device", default="auto", help="auto (CUDA if available; default), cpu, cuda, cuda:N")
+    add("--amp", action="store_true", help="bfloat16 autocast (default: off)")
+    add("--channels_last", action="store_true", help="NHWC memory format (default: off)")
+    add("--compile", action="store_true", help="torch.compile (default: off)")
+    add("--frozen_pass", choices=("default", "both"), default="default",
+        help="both: also time pretrain with one 2B pass of the frozen classifier (default: default)")
+    add("--json", default=None, help="also write the rows to this JSON file (default: none)")
     return parser
 
 

@@ -36,7 +36,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     add("--model", default=None, help="dataset and architecture: R32_C10 (default), R32_C100, R50_ImgNet, "
                                       "R34_fMoW")
     add("--data_dir", default=None, help="dataset root (default: data/; see data/README.md)")
-    add("--cv_dir", default="cv/tmp/", help="run directory: checkpoints, metrics, TensorBoard logs")
+    add("--cv_dir", default="cv/tmp/", help="run directory: checkpoints, metrics, TensorBoard logs (default: cv/tmp/)")
     add("--lr", type=float, default=None, help="learning rate (default: the paper's, per stage)")
     add("--batch_size", type=int, default=None, help="batch size (default: the paper's, per stage)")
     add("--max_epochs", type=int, default=None, help="epochs to train (default: per stage, README)")
@@ -46,36 +46,38 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         help="DataLoader worker processes per process (default: 4 for CIFAR, or the CPUs if fewer; for "
              "224-px data the process's share of the CPUs less one)")
     add("--seed", type=int, default=None, help="seed of weights, sampling and data order (default: 0)")
-    add("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N")
+    add("--device", default="auto", help="auto (CUDA if available; default), cpu, cuda, cuda:N")
     add("--resume", nargs="?", const="", default=None, metavar="CKPT",
         help="continue this stage from a checkpoint file or run directory (its ckpt_last.pt); with no "
              "value, from --cv_dir. Flags not given are taken from the checkpoint; of those given, only "
-             f"{', '.join('--' + n for n in RESUME_MAY_CHANGE)} may differ from it (they take effect)")
+             f"{', '.join('--' + n for n in RESUME_MAY_CHANGE)} may differ from it (they take effect). "
+             "(default: a new run)")
     add("--overwrite", action="store_true",
         help="start over in a --cv_dir that already holds a run; the old run is deleted once the new one "
-             "has checkpointed its first epoch, and put back if it stops earlier")
-    add("--train_samples", type=int, default=None, help="train on a fixed random subset of N images")
-    add("--test_samples", type=int, default=None, help="test on a fixed random subset of N images")
-    add("--fake_data", action="store_true", default=None, help="random images of the right shape (smoke runs)")
-    add("--no_download", action="store_true", default=None, help="never download torchvision's CIFAR files")
+             "has checkpointed its first epoch, and put back if it stops earlier (default: off)")
+    add("--train_samples", type=int, default=None, help="train on a fixed random subset of N images (default: all)")
+    add("--test_samples", type=int, default=None, help="test on a fixed random subset of N images (default: all)")
+    add("--fake_data", action="store_true", default=None, help="random images of the right shape, for smoke runs (default: off)")
+    add("--no_download", action="store_true", default=None,
+        help="never download torchvision's CIFAR files (default: download when no data is found)")
     add("--print_freq", type=int, default=None, metavar="N",
         help="when the output is not a terminal (a log file), a line every N steps of an epoch; 0: none "
              "(default: 100; on a terminal a progress bar instead)")
     speed = parser.add_argument_group("speed (off by default; README, Performance)")
     speed.add_argument("--amp", action=on_off, default=None,
-                       help="bfloat16 autocast for the networks' forward passes (CUDA, bf16-capable CPUs)")
-    speed.add_argument("--channels_last", action=on_off, default=None, help="NHWC memory format")
-    speed.add_argument("--compile", action=on_off, default=None, help="torch.compile the networks")
+                       help="bfloat16 autocast for the networks' forward passes (CUDA, bf16-capable CPUs; default: off)")
+    speed.add_argument("--channels_last", action=on_off, default=None, help="NHWC memory format (default: off)")
+    speed.add_argument("--compile", action=on_off, default=None, help="torch.compile the networks (default: off)")
     speed.add_argument("--gpu_data", action=on_off, default=None,
-                       help="CIFAR: hold the split in device memory, augment and normalize there")
+                       help="CIFAR: hold the split in device memory, augment and normalize there (default: off)")
     speed.add_argument("--parallel", action=on_off, default=None,
-                       help="nn.DataParallel over the visible GPUs (the authors' flag; prefer torchrun)")
+                       help="nn.DataParallel over the visible GPUs (the authors' flag; prefer torchrun; default: off)")
     speed.add_argument("--no_tf32", action="store_true", default=None,
-                       help="strict float32 on the GPU: no TF32 in cuDNN convolutions (on by default from "
-                            "Ampere on)")
+                       help="strict float32 on the GPU: no TF32 in cuDNN convolutions (default: TF32, which "
+                            "PyTorch allows from Ampere on)")
     speed.add_argument("--sync_bn", action=on_off, default=None,
                        help="under torchrun on GPUs: batch-norm statistics over the whole batch of all "
-                            "processes (SyncBatchNorm) instead of each process's share")
+                            "processes (SyncBatchNorm) instead of each process's share (default: off)")
 
 
 def add_policy_args(parser: argparse.ArgumentParser) -> None:
@@ -83,7 +85,7 @@ def add_policy_args(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--penalty", type=float, default=None, help="reward of a wrong prediction, < 0 (default: "
                                                     "-0.5 pretrain; finetune -10 CIFAR, -20 ImageNet/fMoW)")
-    add("--alpha", type=float, default=None, help="exploration bound of the policy, in (0.5, 1] (0.8)")
+    add("--alpha", type=float, default=None, help="exploration bound of the policy, in (0.5, 1] (default: 0.8)")
     add("--lr_size", type=int, default=None,
         help="side of the LR image (default: 8 on CIFAR, 56 on ImageNet/fMoW)")
 
@@ -103,12 +105,14 @@ def add_eval_args(parser: argparse.ArgumentParser, *, load_help: str, lr_help: s
     add("--batch_size", type=int, default=256, help="images per batch (default: 256)")
     add("--num_workers", type=int, default=2, help="DataLoader worker processes (default: 2)")
     add("--test_samples", type=int, default=None, help="a fixed random subset of N test images (default: all)")
-    add("--fake_data", action="store_true", help="random images of the right shape (smoke runs)")
-    add("--no_download", action="store_true", help="never download torchvision's CIFAR files")
+    add("--fake_data", action="store_true", help="random images of the right shape, for smoke runs (default: off)")
+    add("--no_download", action="store_true", help="never download torchvision's CIFAR files (default: download "
+                                                   "when no data is found)")
     add("--print_freq", type=int, default=10, metavar="N",
         help="when the output is not a terminal, a line every N batches; 0: none (default: 10)")
     add("--device", default="auto", help="auto (CUDA if available; default), cpu, cuda, cuda:N")
-    add("--no_tf32", action="store_true", help="strict float32 on the GPU (no TF32 in cuDNN convolutions)")
+    add("--no_tf32", action="store_true", help="strict float32 on the GPU: no TF32 in cuDNN convolutions "
+                                               "(default: TF32 allowed)")
 
 
 # Defaults that do not depend on --model. They are filled in after --resume has taken the flags not
