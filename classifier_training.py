@@ -129,7 +129,7 @@ def main(args: argparse.Namespace) -> dict:
     if resume:
         optimizer.load_state_dict(resume["optimizer"])  # its learning rate is set anew every epoch
 
-    with open_run(args, stage, "test_accuracy", device, resume) as run:
+    with open_run(args, spec, stage, "test_accuracy", device, resume) as run:
         data = stage_loaders(args, spec, device, accel.memory_format)
         notes += accel.notes + run.notes + run.track_rng(data.generator, shared_by_ranks=data.shared_by_ranks)
         print("\n".join(run_summary(stage, args, data, device, run.start_epoch, notes)))

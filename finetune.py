@@ -116,7 +116,7 @@ def main(args: argparse.Namespace) -> dict:
         load_all_weights({"agent": agent, "resnet_hr": resnet_hr}, resume)
     else:
         notes += init_policy_and_hr(agent, resnet_hr, load=args.load, load_stage="pretrain",
-                                    ckpt_hr_cl=args.ckpt_hr_cl, model=spec.name)
+                                    ckpt_hr_cl=args.ckpt_hr_cl, spec=spec)
     accel = Accel(device, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
                   parallel=args.parallel, sync_bn=args.sync_bn)
     agent, resnet_hr = accel.prepare(agent, trainable=True), accel.prepare(resnet_hr, trainable=True)
@@ -125,7 +125,7 @@ def main(args: argparse.Namespace) -> dict:
         optimizer.load_state_dict(resume["optimizer"])
     lr = set_lr(optimizer, args.lr)  # the run's --lr, whatever rate the saved state held
 
-    with open_run(args, STAGE, "test_reward", device, resume) as run:
+    with open_run(args, spec, STAGE, "test_reward", device, resume) as run:
         data = stage_loaders(args, spec, device, accel.memory_format)
         notes += accel.notes + run.notes + run.track_rng(data.generator, shared_by_ranks=data.shared_by_ranks)
         print("\n".join(run_summary(STAGE, args, data, device, run.start_epoch, notes)))

@@ -127,9 +127,9 @@ def main(args: argparse.Namespace) -> dict:
         load_all_weights({"agent": agent, "resnet_hr": resnet_hr, "resnet_lr": resnet_lr}, resume)
     else:
         # DEVIATION: the authors' script ran with a random LR classifier when none was given.
-        load_lr_classifier(resnet_lr, args.ckpt_lr_cl, spec.name, args.lr_size)
+        load_lr_classifier(resnet_lr, args.ckpt_lr_cl, spec, args.lr_size)
         notes += init_policy_and_hr(agent, resnet_hr, load=args.load, load_stage="finetune",
-                                    ckpt_hr_cl=args.ckpt_hr_cl, model=spec.name)
+                                    ckpt_hr_cl=args.ckpt_hr_cl, spec=spec)
     accel = Accel(device, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
                   parallel=args.parallel, sync_bn=args.sync_bn)
     agent, resnet_hr = accel.prepare(agent, trainable=True), accel.prepare(resnet_hr, trainable=True)
@@ -139,7 +139,7 @@ def main(args: argparse.Namespace) -> dict:
         optimizer.load_state_dict(resume["optimizer"])
     lr = set_lr(optimizer, args.lr)  # the run's --lr, whatever rate the saved state held
 
-    with open_run(args, STAGE, "test_reward", device, resume) as run:
+    with open_run(args, spec, STAGE, "test_reward", device, resume) as run:
         data = stage_loaders(args, spec, device, accel.memory_format)
         notes += accel.notes + run.notes + run.track_rng(data.generator, shared_by_ranks=data.shared_by_ranks)
         print("\n".join(run_summary(STAGE, args, data, device, run.start_epoch, notes)))

@@ -112,7 +112,7 @@ def main(args: argparse.Namespace) -> dict:
     if resume:
         load_all_weights({"agent": agent, "resnet_hr": resnet_hr}, resume)
     else:
-        load_hr_classifier(resnet_hr, args.ckpt_hr_cl, spec.name,
+        load_hr_classifier(resnet_hr, args.ckpt_hr_cl, spec,
                            hint="python classifier_training.py --mode hr")
     accel = Accel(device, amp=args.amp, channels_last=args.channels_last, compile=args.compile,
                   parallel=args.parallel, sync_bn=args.sync_bn)
@@ -123,7 +123,7 @@ def main(args: argparse.Namespace) -> dict:
         optimizer.load_state_dict(resume["optimizer"])
     lr = set_lr(optimizer, args.lr)  # the run's --lr, whatever rate the saved state held
 
-    with open_run(args, STAGE, "test_reward", device, resume) as run:
+    with open_run(args, spec, STAGE, "test_reward", device, resume) as run:
         data = stage_loaders(args, spec, device, accel.memory_format)
         notes = accel.notes + run.notes + run.track_rng(data.generator, shared_by_ranks=data.shared_by_ranks)
         print("\n".join(run_summary(STAGE, args, data, device, run.start_epoch, notes)))

@@ -30,7 +30,7 @@ from utils.data import build_loaders
 from utils.spec import STAGES, get_spec
 
 # Training images of the full datasets, for the projection (fMoW's count depends on the preprocessing).
-TRAIN_IMAGES = {"CIFAR10": 50_000, "CIFAR100": 50_000, "ImageNet": 1_281_167}
+TRAIN_IMAGES = {"R32_C10": 50_000, "R32_C100": 50_000, "R50_ImgNet": 1_281_167}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -113,7 +113,7 @@ def measure(stage: str, spec, args, accel: Accel) -> dict:
         images += len(y)
     synchronize(accel.device)
     rate = images / (time.perf_counter() - start)
-    epochs, train_images = spec.stages[stage].max_epochs, TRAIN_IMAGES.get(spec.dataset)
+    epochs, train_images = spec.stages[stage].max_epochs, TRAIN_IMAGES.get(spec.name)
     return {"stage": stage, "batch_size": batch_size, "images_per_second": rate, "first_step_s": first,
             "peak_memory_gib": (torch.cuda.max_memory_allocated(accel.device) / 2**30
                                 if accel.device.type == "cuda" else None),

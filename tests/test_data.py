@@ -7,12 +7,13 @@ from PIL import Image
 
 from utils.data import build_datasets, take_subset
 from utils.errors import PatchDropError
+from tests.trees import CIFAR10_CLASSES
 from utils.spec import CIFAR_MEAN, CIFAR_STD, SPECS
 
 C10, C100 = SPECS["R32_C10"], SPECS["R32_C100"]
 
 
-def make_image_folders(root, classes=("cat", "dog"), per_class=3, colour=(125, 123, 114)):
+def make_image_folders(root, classes=CIFAR10_CLASSES, per_class=3, colour=(125, 123, 114)):
     for split in ("train", "test"):
         for c in classes:
             folder = root / "CIFAR10" / split / c
@@ -25,9 +26,9 @@ def make_image_folders(root, classes=("cat", "dog"), per_class=3, colour=(125, 1
 def test_image_folder_layout_and_normalization(tmp_path):
     # A flat image of the dataset's mean colour (rounded to integers) normalizes to about 0.
     train, test = build_datasets(C10, make_image_folders(tmp_path), download=False)
-    assert (len(train), len(test)) == (6, 6)
+    assert (len(train), len(test)) == (30, 30)
     x, y = test[5]
-    assert x.shape == (3, 32, 32) and y == 1  # classes numbered in sorted order: cat 0, dog 1
+    assert x.shape == (3, 32, 32) and y == 1  # classes numbered in sorted order: airplane 0, automobile 1
     expected = (torch.tensor([125, 123, 114]) / 255 - torch.tensor(CIFAR_MEAN)) / torch.tensor(CIFAR_STD)
     assert torch.allclose(x[:, 0, 0], expected, atol=1e-6)
 
@@ -38,7 +39,7 @@ def test_train_transform_crops_with_zero_padding_and_flips(tmp_path):
     make_image_folders(tmp_path, per_class=1)
     picture = Image.new("RGB", (32, 32), (255, 255, 255))
     picture.paste((0, 0, 0), (0, 0, 16, 32))
-    picture.save(tmp_path / "CIFAR10" / "train" / "cat" / "0.png")
+    picture.save(tmp_path / "CIFAR10" / "train" / "airplane" / "0.png")
     train, _ = build_datasets(C10, tmp_path, download=False)
     torch.manual_seed(0)
     draws = torch.stack([train[0][0] for _ in range(200)])
@@ -53,7 +54,7 @@ def test_train_transform_crops_with_zero_padding_and_flips(tmp_path):
 
 def test_more_class_folders_than_classes_is_refused(tmp_path):
     make_image_folders(tmp_path, classes=[f"c{i:02d}" for i in range(11)], per_class=1)
-    with pytest.raises(PatchDropError, match="11 class folders but --model R32_C10 has 10 classes"):
+    with pytest.raises(PatchDropError, match="11 class folders but R32_C10 declares 10 classes"):
         build_datasets(C10, tmp_path, download=False)
 
 
@@ -62,6 +63,13 @@ def test_empty_class_folder_is_named(tmp_path):
     (tmp_path / "CIFAR10" / "train" / "empty").mkdir()
     with pytest.raises(PatchDropError, match=f"{tmp_path / 'CIFAR10' / 'train'}: Found no valid file for the "
                                              f"classes empty"):
+        build_datasets(C10, tmp_path, download=False)
+
+
+def test_fewer_class_folders_than_the_spec_declares_are_refused(tmp_path):
+    """Labels are folder indices: with a class missing, every later class would take another's label."""
+    make_image_folders(tmp_path, classes=[c for c in CIFAR10_CLASSES if c != "cat"])
+    with pytest.raises(PatchDropError, match="train has 9 class folders but R32_C10 declares 10 classes"):
         build_datasets(C10, tmp_path, download=False)
 
 
@@ -77,7 +85,7 @@ def test_no_data_names_both_layouts(tmp_path, spec):
     with pytest.raises(PatchDropError) as err:
         build_datasets(spec, tmp_path, download=False)
     message = str(err.value)
-    assert f"{spec.dataset}/train/<class>" in message and "--no_download" in message
+    assert f"{spec.folder}/train/<class>" in message and "--no_download" in message
     assert ("cifar-10-batches-py" if spec is C10 else "cifar-100-python") in message
 
 
@@ -154,7 +162,7 @@ def test_a_16_bit_cifar_image_trains_as_its_8_bit_pixels(tmp_path):
 
     make_image_folders(tmp_path, per_class=1)
     gray = np.arange(32 * 32, dtype=np.uint8).reshape(32, 32)
-    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "CIFAR10" / "test" / "cat" / "0.png")
-    Image.fromarray(gray).convert("RGB").save(tmp_path / "CIFAR10" / "test" / "dog" / "0.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "CIFAR10" / "test" / "airplane" / "0.png")
+    Image.fromarray(gray).convert("RGB").save(tmp_path / "CIFAR10" / "test" / "automobile" / "0.png")
     _, test = build_datasets(C10, tmp_path, download=False)
     assert torch.equal(test[0][0], test[1][0])

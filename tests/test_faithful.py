@@ -16,6 +16,7 @@ import finetune
 import finetune2stream
 import pretrain
 from models import build_model
+from tests.trees import CIFAR10_CLASSES
 from utils.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from utils.cli import resolve_defaults
 from utils.errors import PatchDropError
@@ -172,9 +173,9 @@ def test_curriculum_checkpoint_is_scored_as_pretrain_scored_it(pretrain_run, tmp
 # --- images of the wrong size ---------------------------------------------------------------------------
 
 def cifar_folder(root: Path, odd: str | None = None) -> Path:
-    """CIFAR10/{train,test}/<2 classes>/ with 32x32 PNGs, and one 64x48 image at ``odd`` if given."""
+    """CIFAR10/{train,test}/<10 classes>/ with 32x32 PNGs, and one 64x48 image at ``odd`` if given."""
     for split in ("train", "test"):
-        for cls in ("airplane", "automobile"):
+        for cls in CIFAR10_CLASSES:
             folder = root / "CIFAR10" / split / cls
             folder.mkdir(parents=True)
             for i in range(4):

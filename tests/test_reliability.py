@@ -15,6 +15,7 @@ from PIL import Image
 
 import classifier_training
 from tests.test_stages import ckpt, run
+from tests.trees import CIFAR10_CLASSES
 from utils.checkpoint import load_checkpoint
 from utils.errors import PatchDropError, error_line
 from utils.metrics import LossWatch
@@ -197,7 +198,7 @@ def test_nan_loss_stops_with_epoch_and_step_and_keeps_the_last_good_checkpoint(t
 
 def make_cifar_folders(root: Path, per_class: int = 16) -> Path:
     for split in ("train", "test"):
-        for c, name in enumerate(("airplane", "automobile", "bird")):
+        for c, name in enumerate(CIFAR10_CLASSES):
             folder = root / "CIFAR10" / split / name
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(per_class):

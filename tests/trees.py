@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGENET_CLASSES = ("n01440764", "n01443537", "n01484850")
 # (mode, file suffix): the modes that occur in ImageNet besides RGB.
 MODES = (("RGB", ".JPEG"), ("L", ".JPEG"), ("P", ".png"), ("CMYK", ".JPEG"), ("RGBA", ".png"))
@@ -19,8 +20,10 @@ def random_image(rng: np.random.Generator, width: int, height: int, mode: str = 
 
 
 def make_imagenet_tree(root: Path, per_class: dict[str, int] | None = None, seed: int = 0) -> Path:
-    """<root>/ImageNet/{train,test}/<wnid>/*: images of assorted sizes (some smaller than 224) and modes
-    (RGB, grayscale, palette, CMYK, RGBA). Returns ``root`` (the --data_dir)."""
+    """<root>/ImageNet/{train,test}/<wnid>/*: for the three IMAGENET_CLASSES, images of assorted sizes
+    (some smaller than 224) and modes (RGB, grayscale, palette, CMYK, RGBA); then 997 more class folders
+    of one small image each, so that the tree has ImageNet's 1000 classes. Returns ``root`` (the
+    --data_dir)."""
     per_class = per_class or {"train": 4, "test": 2}
     rng = np.random.default_rng(seed)
     for split, count in per_class.items():
@@ -31,6 +34,10 @@ def make_imagenet_tree(root: Path, per_class: dict[str, int] | None = None, seed
                 mode, suffix = MODES[(c + i) % len(MODES)]
                 width, height = [(300, 240), (120, 90), (64, 200), (500, 375)][(c + 2 * i) % 4]
                 random_image(rng, width, height, mode).save(folder / f"{wnid}_{i}{suffix}")
+        for i in range(1000 - len(IMAGENET_CLASSES)):  # sorted after the three above
+            folder = root / "ImageNet" / split / f"n9{i:07d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            random_image(rng, 16, 16).save(folder / "0.png")
     return root
 
 

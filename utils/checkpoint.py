@@ -5,7 +5,9 @@ A checkpoint is a plain dict that ``torch.load(weights_only=True)`` can read:
 
     format_version  FORMAT_VERSION
     stage           one of spec.STAGES
-    model           the --model name (R32_C10, ...)
+    model           the name of the dataset spec (R32_C10, ..., or a spec file's name)
+    spec            the whole dataset spec (utils/spec.py, spec_record), so that later stages and
+                    evaluate.py rebuild it, and refuse a spec file changed since
     epoch           last completed epoch (0-based)
     state_dict      classifier weights (classifier stages), or
     agent, resnet_hr, resnet_lr   policy-stage weights (the networks the stage uses)
@@ -70,7 +72,8 @@ def on_cpu(value):
 
 def save_checkpoint(paths: Path | list[Path], *, stage: str, model: str, epoch: int,
                     nets: dict[str, nn.Module], optimizer=None, best_score: float | None = None,
-                    metrics: dict | None = None, args: dict | None = None, rng: dict | None = None) -> None:
+                    metrics: dict | None = None, args: dict | None = None, rng: dict | None = None,
+                    spec: dict | None = None) -> None:
     """Serialize a checkpoint once, every tensor on the CPU, and write it atomically to each of
     ``paths``: to a temporary file in the same folder, flushed to disk, then renamed, so a crash
     mid-write never leaves a truncated checkpoint behind."""
@@ -79,7 +82,7 @@ def save_checkpoint(paths: Path | list[Path], *, stage: str, model: str, epoch: 
         "format_version": FORMAT_VERSION, "stage": stage, "model": model, "epoch": epoch,
         **{key: unwrap(net).state_dict() for key, net in nets.items()},
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
-        "best_score": best_score, "metrics": metrics or {}, "args": args or {}, "rng": rng,
+        "best_score": best_score, "metrics": metrics or {}, "args": args or {}, "rng": rng, "spec": spec,
     })
     buffer = io.BytesIO()
     torch.save(payload, buffer)

@@ -22,10 +22,10 @@ from tqdm import tqdm
 from . import distributed
 from .accel import configure_backends, select_device, seed_everything
 from .checkpoint import BEST, LAST, load_checkpoint
-from .data import TORCHVISION_CLASSES, Loaders, build_datasets, build_loaders, default_num_workers
+from .data import Loaders, build_datasets, build_loaders, default_num_workers
 from .errors import PatchDropError, error_line
 from .run import Run
-from .spec import STAGES, ModelSpec, get_spec
+from .spec import STAGES, ModelSpec, check_same_spec, get_spec, spec_of_checkpoint, spec_record
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     """The flags of all four scripts. A default of None means: from the --resume checkpoint when
@@ -33,8 +33,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     options have a --no-... form, so a resumed run can switch one off."""
     on_off = argparse.BooleanOptionalAction
     add = parser.add_argument
-    add("--model", default=None, help="dataset and architecture: R32_C10 (default), R32_C100, R50_ImgNet, "
-                                      "R34_fMoW")
+    add("--model", default=None, help="dataset and networks: R32_C10 (default), R32_C100, R50_ImgNet, "
+                                      "R34_fMoW, or the path of a spec file of your own data (specs/README.md)")
     add("--data_dir", default=None, help="dataset root (default: data/; see data/README.md)")
     add("--cv_dir", default="cv/tmp/", help="run directory: checkpoints, metrics, TensorBoard logs (default: cv/tmp/)")
     add("--lr", type=float, default=None, help="learning rate (default: the paper's, per stage)")
@@ -94,8 +94,8 @@ def add_eval_args(parser: argparse.ArgumentParser, *, load_help: str, lr_help: s
     """The flags evaluate.py and visualize.py share: which checkpoint, which test data, where to run."""
     add = parser.add_argument
     add("--load", "--Load", dest="load", required=True, help=load_help)
-    add("--model", default=None, help="R32_C10, R32_C100, R50_ImgNet or R34_fMoW (default: the checkpoint's; "
-                                      "another one is refused)")
+    add("--model", default=None, help="R32_C10, R32_C100, R50_ImgNet, R34_fMoW or a spec file (default: the "
+                                      "checkpoint's own spec; another one is refused)")
     add("--ckpt_lr_cl", default=None, help=lr_help)
     add("--data_dir", default="data/", help="dataset root, see data/README.md (default: data/; the embedded "
                                             "CIFAR-10 sample: data/cifar10_sample)")
@@ -137,7 +137,7 @@ def inherit_values(values: dict, resume: dict) -> dict:
     """On --resume: refuse a flag given with another value than the checkpoint's, unless it is one of
     RESUME_MAY_CHANGE (naming each refused flag with both values); take every flag left at None from the
     checkpoint's args."""
-    saved = {**resume["args"], "model": resume["model"]}
+    saved = resume["args"]
     changed = [f"--{name} {saved[name]} in the checkpoint, {value} given" for name, value in values.items()
                if name not in RESUME_MAY_CHANGE + COMMAND_FLAGS and value is not None and name in saved
                and value != saved[name]]
@@ -186,9 +186,17 @@ def resolve_defaults(args: Namespace, stage: str | Callable[[Namespace], str],
     if resume and resume["stage"] != stage:
         raise PatchDropError(f"{resume['path']}: --resume needs a {stage} checkpoint, found a "
                              f"{resume['stage']} checkpoint")
-    filled = spec_defaults(get_spec(values["model"]), stage, values)
+    spec = model_spec(Namespace(**values))
+    if resume:
+        check_same_spec(resume, spec)
+    filled = spec_defaults(spec, stage, values)
     values.update({name: value for name, value in filled.items() if name in values and values[name] is None})
     return Namespace(**values)
+
+
+def model_spec(args: Namespace) -> ModelSpec:
+    """The spec of --model; ``classes = "from the folders"`` counts those under --data_dir."""
+    return get_spec(args.model, None if args.fake_data else args.data_dir)
 
 
 def check_counts(values: dict, *, positive: tuple[str, ...] = (), at_least_zero: tuple[str, ...] = ()) -> None:
@@ -214,9 +222,10 @@ def check_args(args: Namespace, spec: ModelSpec, stage: str, world: int = 1) -> 
     if args.test_samples is not None and args.test_samples < world:
         raise PatchDropError(f"--test_samples {args.test_samples} is fewer than the {world} processes; "
                              f"every process needs at least one test image")
-    if args.gpu_data and spec.dataset not in TORCHVISION_CLASSES:
-        raise PatchDropError(f"--gpu_data holds a whole CIFAR split in device memory; {spec.name} "
-                             f"streams its {spec.hr_size}-px images from disk, drop the flag")
+    if args.gpu_data and spec.augmentation != "cifar":
+        raise PatchDropError(f"--gpu_data holds a whole split in device memory and augments it as CIFAR "
+                             f"(pad-crop, flip); {spec.name} resizes its images ({spec.augmentation} "
+                             f"augmentation) as it streams them from disk, drop the flag")
     if args.compile and args.parallel:
         raise PatchDropError("--compile with --parallel is not supported (DataParallel's replicas of a "
                              "compiled network stay bound to GPU 0); use torchrun for several GPUs")
@@ -235,7 +244,7 @@ def check_args(args: Namespace, spec: ModelSpec, stage: str, world: int = 1) -> 
 def start(args: Namespace, stage: str) -> tuple[ModelSpec, torch.device]:
     """The flags checked (``args`` resolved), the process group joined under torchrun, the device
     chosen and set up, and the seeds set. Returns (spec of --model, device)."""
-    spec = get_spec(args.model)
+    spec = model_spec(args)
     check_args(args, spec, stage, distributed.requested_world_size())
     device = distributed.init_distributed(args.device) or select_device(args.device)
     configure_backends(device, tf32=not args.no_tf32)
@@ -250,10 +259,11 @@ def start_eval(args: Namespace) -> tuple[dict, ModelSpec, torch.device]:
     and set up. Returns (checkpoint, spec, device)."""
     check_counts(vars(args), positive=("batch_size", "test_samples", "speed_batches", "num_images"),
                  at_least_zero=("num_workers", "print_freq"))
-    if args.model is not None:
-        get_spec(args.model)  # an unknown name is refused as such, before the checkpoint is read
-    ckpt = load_checkpoint(args.load, stages=STAGES, model=args.model)
-    spec = get_spec(ckpt["model"])
+    given = get_spec(args.model) if args.model is not None else None  # before the checkpoint is read
+    ckpt = load_checkpoint(args.load, stages=STAGES, model=given.name if given else None)
+    spec = spec_of_checkpoint(ckpt)  # rebuilt from the checkpoint: no spec file needed
+    if given:
+        check_same_spec(ckpt, given)
     seed_everything(args.seed)
     device = select_device(args.device)
     configure_backends(device, tf32=not args.no_tf32)
@@ -266,13 +276,13 @@ def eval_test_set(args: Namespace, spec: ModelSpec):
                           train_samples=1, test_samples=args.test_samples)[1]
 
 
-def open_run(args: Namespace, stage: str, score_key: str, device: torch.device,
+def open_run(args: Namespace, spec: ModelSpec, stage: str, score_key: str, device: torch.device,
              resume: dict | None) -> Run:
     """The stage's Run in --cv_dir, to be entered (``with``) before any data loads, so a wrong or busy
-    --cv_dir fails fast."""
-    return Run(args.cv_dir, stage, args.model, config=vars(args), max_epochs=args.max_epochs,
-               test_interval=args.test_interval, seed=args.seed, score_key=score_key, device=device,
-               resume=resume, overwrite=args.overwrite)
+    --cv_dir fails fast. Its checkpoints record ``spec``."""
+    return Run(args.cv_dir, stage, spec.name, config=vars(args), spec=spec_record(spec),
+               max_epochs=args.max_epochs, test_interval=args.test_interval, seed=args.seed,
+               score_key=score_key, device=device, resume=resume, overwrite=args.overwrite)
 
 
 def stage_loaders(args: Namespace, spec: ModelSpec, device: torch.device,

@@ -1,16 +1,16 @@
-"""Datasets, transforms and loaders (method.md, "Inputs").
+"""Datasets, transforms and loaders (method.md, "Inputs"), for any dataset spec (utils/spec.py).
 
-Each ``--model``'s dataset is read from ``--data_dir``:
-  * CIFAR-10/100: image folders ``<data_dir>/CIFAR10/{train,test}/<class>/<image>`` (``CIFAR100``
-    likewise), class folders in label order when sorted by name (true for CIFAR-10); or torchvision's
-    own files (``<data_dir>/cifar-10-batches-py``, ``<data_dir>/cifar-100-python``), downloaded there
-    when missing unless ``download=False``, as the authors' code did;
-  * ImageNet: image folders ``<data_dir>/ImageNet/{train,test}/<wnid>/<image>`` (the authors' layout);
-  * fMoW: ``<data_dir>/fMoW/train.csv`` and ``test.csv``, rows ``label,location`` (see ``read_image_csv``),
-    as written by ``python scripts/prepare_fmow.py``.
-Every image file is decoded by ``load_rgb`` (grayscale, CMYK, palette and alpha images become RGB; a file
-that cannot be decoded is an error naming it). ``fake_data=True`` serves random images of the right
-shape instead, for smoke runs.
+A spec's data is read from ``<data_dir>/<spec.folder>`` in one of two layouts, looked up by name:
+  * ``image_folder``: ``{train,test}/<class>/<image>``, classes numbered in sorted folder order (for
+    CIFAR-10 the official label order); train/ and test/ must hold the spec's number of class folders.
+    A spec with ``download`` (CIFAR-10/100) falls back to torchvision's own files in ``<data_dir>``,
+    downloaded there when missing unless ``download=False``, as the authors' code did;
+  * ``csv``: ``train.csv`` and ``test.csv``, rows ``label,location`` (see ``read_image_csv``), as
+    ``python scripts/prepare_fmow.py`` writes them for fMoW.
+Images are augmented by the spec's family, also looked up by name: ``cifar`` (pad-crop + flip; images
+must already have the HR size), ``imagenet`` (resize + crop + flip), ``fmow`` (resize + crop, no flip).
+Every image file is decoded by ``load_rgb`` (any PIL mode becomes 8-bit RGB; a file that cannot be
+decoded is an error naming it). ``fake_data=True`` serves random images of the right shape instead.
 """
 import csv
 import os
@@ -73,45 +73,55 @@ def load_rgb_of_size(path: str | Path, size: int) -> Image.Image:
     return image
 
 
+def _cifar(spec: ModelSpec, train: bool) -> list:
+    """RandomCrop(hr, padding=4) + RandomHorizontalFlip for training; nothing for testing."""
+    return [transforms.RandomCrop(spec.hr_size, padding=4), transforms.RandomHorizontalFlip()] if train else []
+
+
+def _imagenet(spec: ModelSpec, train: bool) -> list:
+    """Resize(256) + RandomCrop(224) + flip for training, Resize(256) + CenterCrop(224) for testing, at
+    224 px (the resize keeps the ratio 256/224 at other sizes)."""
+    resize = transforms.Resize(round(spec.hr_size * 256 / 224))
+    if train:
+        return [resize, transforms.RandomCrop(spec.hr_size), transforms.RandomHorizontalFlip()]
+    return [resize, transforms.CenterCrop(spec.hr_size)]
+
+
+def _fmow(spec: ModelSpec, train: bool) -> list:
+    """Resize(hr) + RandomCrop(hr), no flip, for training; Resize(hr) + CenterCrop(hr) for testing."""
+    crop = transforms.RandomCrop(spec.hr_size) if train else transforms.CenterCrop(spec.hr_size)
+    return [transforms.Resize(spec.hr_size), crop]
+
+
+AUGMENTATIONS = {"cifar": _cifar, "imagenet": _imagenet, "fmow": _fmow}
+RESIZES = {"cifar": False, "imagenet": True, "fmow": True}  # brings an image of any size to the HR size
+
+
 def build_transform(spec: ModelSpec, train: bool) -> transforms.Compose:
-    """The transforms of method.md, then ToTensor and the dataset's normalization:
-    CIFAR      train RandomCrop(32, padding=4) + horizontal flip; test nothing;
-    ImageNet   train Resize(256) + RandomCrop(224) + horizontal flip; test Resize(256) + CenterCrop(224);
-    fMoW       train Resize(224) + RandomCrop(224), no flip; test Resize(224) + CenterCrop(224)."""
-    size = spec.hr_size
-    if spec.dataset in TORCHVISION_CLASSES:
-        steps = [transforms.RandomCrop(size, padding=4), transforms.RandomHorizontalFlip()] if train else []
-    elif spec.dataset == "ImageNet":
-        steps = [transforms.Resize(256)]
-        steps += [transforms.RandomCrop(size), transforms.RandomHorizontalFlip()] if train else \
-                 [transforms.CenterCrop(size)]
-    elif spec.dataset == "fMoW":
-        crop = transforms.RandomCrop(size) if train else transforms.CenterCrop(size)
-        steps = [transforms.Resize(size), crop]
-    else:
-        raise ValueError(f"no transforms for dataset {spec.dataset!r}")
+    """The spec's augmentation family (method.md for the paper's datasets), then ToTensor and the spec's
+    normalization."""
+    steps = AUGMENTATIONS[spec.augmentation](spec, train)
     steps += [transforms.ToTensor(), transforms.Normalize(spec.mean, spec.std)]
     return transforms.Compose(steps)
 
 
 def _layout_help(spec: ModelSpec, data_dir: Path) -> str:
-    root = data_dir / spec.dataset
-    if spec.dataset == "fMoW":
-        expected = (f"expected {root}/train.csv and {root}/test.csv (rows: label,location), written by "
-                    f"'python scripts/prepare_fmow.py --src <fMoW-rgb> --dst {root}'")
-    elif spec.dataset == "ImageNet":
-        expected = f"expected image folders {root}/train/<wnid>/* and {root}/test/<wnid>/*"
+    root = data_dir / spec.folder
+    if spec.layout == "csv":
+        expected = f"expected {root}/train.csv and {root}/test.csv (rows: label,location)"
     else:
-        tv_folder = TORCHVISION_CLASSES[spec.dataset].base_folder
-        expected = (f"expected image folders {root}/train/<class>/* and {root}/test/<class>/*, or "
-                    f"torchvision's {spec.dataset} files in {data_dir / tv_folder} (downloaded there "
-                    f"automatically unless --no_download)")
-    return f"{expected}; see data/README.md, or pass --fake_data for a smoke run"
+        expected = f"expected image folders {root}/train/<class>/* and {root}/test/<class>/*"
+        if spec.download:
+            tv_folder = TORCHVISION_CLASSES[spec.download].base_folder
+            expected += (f", or torchvision's {spec.download} files in {data_dir / tv_folder} (downloaded "
+                         f"there automatically unless --no_download)")
+    hint = f", {spec.hint.replace('<data_dir>', str(data_dir))}" if spec.hint else ""
+    return f"{expected}{hint}; see data/README.md, or pass --fake_data for a smoke run"
 
 
 def _image_folders(spec: ModelSpec, root: Path, transform_train, transform_test) -> tuple[Dataset, Dataset]:
-    # CIFAR's transforms never resize, so every image must already have the HR size.
-    loader = partial(load_rgb_of_size, size=spec.hr_size) if spec.dataset in TORCHVISION_CLASSES else load_rgb
+    # A family that does not resize (cifar) needs every image at the HR size already.
+    loader = load_rgb if RESIZES[spec.augmentation] else partial(load_rgb_of_size, size=spec.hr_size)
     splits = {}
     for split, transform in (("train", transform_train), ("test", transform_test)):
         folder = root / split
@@ -124,9 +134,10 @@ def _image_folders(spec: ModelSpec, root: Path, transform_train, transform_test)
             # ImageFolder raises when a folder has no classes or a class folder has no images.
             raise PatchDropError(f"{folder}: {str(err).strip().splitlines()[0]}") from None
     train, test = splits["train"], splits["test"]
-    if len(train.classes) > spec.num_classes:
-        raise PatchDropError(f"{root / 'train'} has {len(train.classes)} class folders but --model "
-                             f"{spec.name} has {spec.num_classes} classes")
+    if len(train.classes) != spec.num_classes:
+        # Fewer folders would silently shift the labels of every class after a missing one.
+        raise PatchDropError(f"{root / 'train'} has {len(train.classes)} class folders but {spec.name} "
+                             f"declares {spec.num_classes} classes ({spec.source})")
     if test.classes != train.classes:
         raise PatchDropError(f"{root}: the class folders of train/ and test/ differ, so their labels "
                              f"would not match (train: {len(train.classes)}, test: {len(test.classes)})")
@@ -135,14 +146,14 @@ def _image_folders(spec: ModelSpec, root: Path, transform_train, transform_test)
 
 def _torchvision(spec: ModelSpec, data_dir: Path, download: bool, transform_train,
                  transform_test) -> tuple[Dataset, Dataset]:
-    dataset_class = TORCHVISION_CLASSES[spec.dataset]
+    dataset_class = TORCHVISION_CLASSES[spec.download]
     try:
         return (dataset_class(str(data_dir), train=True, download=download, transform=transform_train),
                 dataset_class(str(data_dir), train=False, download=download, transform=transform_test))
     except Exception as err:  # no files and no network: torchvision raises RuntimeError or URLError
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         attempt = f"download failed ({reason})" if download else "--no_download was given"
-        raise PatchDropError(f"no {spec.dataset} data under {data_dir}: {attempt}; "
+        raise PatchDropError(f"no {spec.folder} data under {data_dir}: {attempt}; "
                              f"{_layout_help(spec, data_dir)}") from None
 
 
@@ -215,7 +226,7 @@ def take_subset(dataset: Dataset, num_samples: int | None) -> Dataset:
 def build_datasets(spec: ModelSpec, data_dir: str | Path, *, download: bool = True,
                    fake_data: bool = False, train_samples: int | None = None,
                    test_samples: int | None = None, raw: bool = False) -> tuple[Dataset, Dataset]:
-    """Train and test datasets of ``spec.dataset`` yielding (normalized HR image [3, H, W], label), or
+    """Train and test datasets of ``spec`` yielding (normalized HR image [3, H, W], label), or
     with ``raw`` (un-augmented uint8 image [3, H, W], label), from which --gpu_data builds its copy."""
     data_dir = Path(data_dir)
     if raw:
@@ -229,17 +240,17 @@ def build_datasets(spec: ModelSpec, data_dir: str | Path, *, download: bool = Tr
         test = datasets.FakeData(test_samples or FAKE_SIZES["test"], shape, spec.num_classes,
                                  transform_test, random_offset=10**6)
         return train, test
-    folder = data_dir / spec.dataset
-    if spec.dataset == "fMoW":
+    folder = data_dir / spec.folder
+    if spec.layout == "csv":
         train, test = _csv_splits(spec, folder, transform_train, transform_test)
     elif folder.is_dir():
         train, test = _image_folders(spec, folder, transform_train, transform_test)
-    elif spec.dataset in TORCHVISION_CLASSES:
+    elif spec.download:
         # Under torchrun the processes of a machine share the folder: the first downloads, then the rest.
         with distributed.local_main_first(enabled=download):
             train, test = _torchvision(spec, data_dir, download, transform_train, transform_test)
     else:
-        raise PatchDropError(f"no {spec.dataset} data under {data_dir}: {_layout_help(spec, data_dir)}")
+        raise PatchDropError(f"no {spec.folder} data under {data_dir}: {_layout_help(spec, data_dir)}")
     return take_subset(train, train_samples), take_subset(test, test_samples)
 
 
@@ -282,7 +293,7 @@ def default_num_workers(spec: ModelSpec) -> int:
     CPUs, less one for the process itself."""
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     share = max(1, cpus // distributed.local_world_size())
-    if spec.dataset in TORCHVISION_CLASSES:
+    if not RESIZES[spec.augmentation]:  # small images stored at their size (CIFAR): little to decode
         return min(4, share)
     return max(1, share - 1)
 

@@ -188,7 +188,7 @@ def load_evaluator(spec, ckpt: dict, ckpt_lr_cl: str | None, accel, seed: int = 
         load_weights(nets[name], ckpt, key)
     if ckpt_lr_cl:
         nets["resnet_lr"] = build_model(spec.classifier_arch, spec.num_classes)
-        load_lr_classifier(nets["resnet_lr"], ckpt_lr_cl, spec.name, lr_size)
+        load_lr_classifier(nets["resnet_lr"], ckpt_lr_cl, spec, lr_size)
     nets = {k: accel.prepare(v.requires_grad_(False), trainable=False) if v is not None else None
             for k, v in nets.items()}
     evaluator = Evaluator(**nets, fusion=saved.get("fusion", "sum") if stage == "finetune2stream" else None,

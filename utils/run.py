@@ -204,13 +204,14 @@ class Run:
     ``end_epoch`` logs the metrics and writes ``ckpt_last.pt`` and, on a new best ``score_key``,
     ``ckpt_best.pt``; leaving releases the lock and, if the run stopped before its first checkpoint,
     puts back the run an ``overwrite`` replaced. ``config`` is the run's resolved settings (args.json and
-    every checkpoint's "args"). Under torchrun every rank checks and only rank 0 locks and writes.
+    every checkpoint's "args"), ``spec`` the record of its dataset spec (utils/spec.py). Under torchrun
+    every rank checks and only rank 0 locks and writes.
     ``notes`` holds what the user should hear about the directory."""
 
     def __init__(self, cv_dir: str | Path, stage: str, model: str, *, config: dict, max_epochs: int,
                  test_interval: int, seed: int, score_key: str, device: torch.device,
-                 resume: dict | None = None, overwrite: bool = False):
-        self.stage, self.model, self.config = stage, model, plain_values(config)
+                 resume: dict | None = None, overwrite: bool = False, spec: dict | None = None):
+        self.stage, self.model, self.config, self.spec = stage, model, plain_values(config), spec
         self.max_epochs, self.test_interval, self.seed = max_epochs, test_interval, seed
         self.score_key, self.device, self.resume, self.overwrite = score_key, device, resume, overwrite
         self.cv_dir = Path(cv_dir)
@@ -346,7 +347,7 @@ class Run:
             return
         self.logger.log(metrics)
         ckpt = dict(stage=self.stage, model=self.model, epoch=epoch, nets=nets, optimizer=optimizer,
-                    best_score=self.best_score, metrics=metrics, args=self.config,
+                    best_score=self.best_score, metrics=metrics, args=self.config, spec=self.spec,
                     rng=capture_rng(self.data_generator, self.device))
         # Serialized once, written to ckpt_last.pt and, on a new best, to ckpt_best.pt, in this order:
         # a kill between the two leaves a ckpt_last.pt whose own epoch is the best (see repair_best).

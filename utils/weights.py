@@ -12,27 +12,36 @@ from torch import nn
 
 from .checkpoint import load_checkpoint, load_weights, safe_load, unwrap
 from .errors import PatchDropError
+from .spec import ModelSpec, check_same_spec
 
 
-def load_required(path: str | Path | None, flag: str, *, stages: tuple[str, ...], model: str,
+def load_earlier(path: str | Path, *, stages: tuple[str, ...], spec: ModelSpec) -> dict:
+    """load_checkpoint of an earlier stage, made with this run's dataset spec (a spec file changed since
+    is refused, naming the field)."""
+    ckpt = load_checkpoint(path, stages=stages, model=spec.name)
+    check_same_spec(ckpt, spec)
+    return ckpt
+
+
+def load_required(path: str | Path | None, flag: str, *, stages: tuple[str, ...], spec: ModelSpec,
                   hint: str) -> dict:
-    """load_checkpoint for a flag the stage cannot run without: a missing flag is an error that says
-    how to make the checkpoint (``hint``), never a silent fallback to random weights."""
+    """load_earlier for a flag the stage cannot run without: a missing flag is an error that says how
+    to make the checkpoint (``hint``), never a silent fallback to random weights."""
     if path is None:
         raise PatchDropError(f"{flag} is required: the {' or '.join(stages)} checkpoint ({hint})")
-    return load_checkpoint(path, stages=stages, model=model)
+    return load_earlier(path, stages=stages, spec=spec)
 
 
-def load_hr_classifier(net: nn.Module, path: str | Path | None, model: str, *, hint: str) -> None:
+def load_hr_classifier(net: nn.Module, path: str | Path | None, spec: ModelSpec, *, hint: str) -> None:
     """The HR classifier of stage 1 (``--ckpt_hr_cl``) into ``net``."""
-    ckpt = load_required(path, "--ckpt_hr_cl", stages=("classifier_hr",), model=model, hint=hint)
+    ckpt = load_required(path, "--ckpt_hr_cl", stages=("classifier_hr",), spec=spec, hint=hint)
     load_weights(net, ckpt, "state_dict")
 
 
-def load_lr_classifier(net: nn.Module, path: str | Path | None, model: str, lr_size: int) -> None:
+def load_lr_classifier(net: nn.Module, path: str | Path | None, spec: ModelSpec, lr_size: int) -> None:
     """The LR classifier of stage 1 (``--ckpt_lr_cl``) into ``net``. It must have been trained on the
     ``lr_size`` images the policy sees, or its logits would mean nothing for them."""
-    ckpt = load_required(path, "--ckpt_lr_cl", stages=("classifier_lr",), model=model,
+    ckpt = load_required(path, "--ckpt_lr_cl", stages=("classifier_lr",), spec=spec,
                          hint=f"from classifier_training.py --mode lr --img_size {lr_size}")
     trained_at = ckpt["args"].get("img_size")
     if trained_at != lr_size:
@@ -42,19 +51,19 @@ def load_lr_classifier(net: nn.Module, path: str | Path | None, model: str, lr_s
 
 
 def init_policy_and_hr(agent: nn.Module, resnet_hr: nn.Module, *, load: str | None, load_stage: str,
-                       ckpt_hr_cl: str | None, model: str) -> list[str]:
+                       ckpt_hr_cl: str | None, spec: ModelSpec) -> list[str]:
     """Start a fine-tuning stage: the policy from ``load`` (a ``load_stage`` checkpoint), the HR
     classifier from ``ckpt_hr_cl`` when given, else the one stored in ``load``. Returns notes for the
     user (e.g. that the policy starts from random weights)."""
     notes = []
-    earlier = load_checkpoint(load, stages=(load_stage,), model=model) if load else None
+    earlier = load_earlier(load, stages=(load_stage,), spec=spec) if load else None
     if earlier:
         load_weights(agent, earlier, "agent")
     else:
         notes.append(f"no --load given: the policy starts from random weights, not a {load_stage} run")
     if ckpt_hr_cl or not earlier:
-        load_hr_classifier(resnet_hr, ckpt_hr_cl, model, hint=f"from classifier_training.py --mode hr, "
-                                                             f"or pass --load with a {load_stage} run")
+        load_hr_classifier(resnet_hr, ckpt_hr_cl, spec, hint=f"from classifier_training.py --mode hr, "
+                                                            f"or pass --load with a {load_stage} run")
     else:
         load_weights(resnet_hr, earlier, "resnet_hr")
     return notes
