@@ -60,6 +60,12 @@ def check_chain_outputs(cv: Path, model: str, epochs: int) -> None:
             assert f"train_{tag}" in lines[-1] and f"test_{tag}" in lines[-1]
         if name in ("pt", "ft", "ft2"):
             assert "train_baseline_reward" in lines[-1]
+        # The learning rate, wall times, images and images per second of every epoch.
+        for key in ("lr", "train_seconds", "train_images", "train_images_per_second", "test_seconds",
+                    "test_images", "epoch_seconds"):
+            assert all(key in line for line in lines), key
+        assert all(line["train_images_per_second"] > 0 and line["epoch_seconds"] >= line["train_seconds"]
+                   for line in lines)
         assert list((run_dir / "log").glob("events.out.tfevents.*"))
         for file in ("ckpt_last.pt", "ckpt_best.pt"):
             saved = ckpt(run_dir / file)
@@ -160,6 +166,16 @@ def test_command_line_error_has_no_traceback(tmp_path, argv, message):
     assert proc.returncode == 1
     assert message in proc.stderr and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_progress_lines_in_a_log_file_and_the_closing_line(tmp_path, capsys):
+    """Off a terminal (pytest captures the output), --print_freq N prints a line every N steps."""
+    run(classifier_training, "--cv_dir", tmp_path, "--fake_data", "--train_samples", 48, "--test_samples", 16,
+        "--batch_size", 16, "--max_epochs", 1, "--num_workers", 0, "--print_freq", 2)
+    out = capsys.readouterr().out
+    assert "  train step 2/3, " in out and "train step 1/3" not in out and "train step 3/3" not in out
+    assert out.strip().splitlines()[-1].startswith(f"checkpoint: {tmp_path / 'ckpt_last.pt'} (epoch 0); best ")
+    assert "| lr: 1.0E-01 | " in out
 
 
 def test_summary_says_when_a_subset_request_exceeds_the_split():
