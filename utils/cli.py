@@ -29,7 +29,7 @@ from .spec import STAGES, ModelSpec, check_same_spec, get_spec, spec_of_checkpoi
 
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     """The flags of all four scripts. A default of None means: from the --resume checkpoint when
-    resuming, else FIXED_DEFAULTS or the spec table for --model (``resolve_defaults``). The on/off speed
+    resuming, else FIXED_DEFAULTS or the spec of --model (``resolve_defaults``). The on/off speed
     options have a --no-... form, so a resumed run can switch one off."""
     on_off = argparse.BooleanOptionalAction
     add = parser.add_argument
@@ -160,7 +160,7 @@ def finished_run(args: Namespace, resume: dict | None) -> str | None:
 
 
 def spec_defaults(spec: ModelSpec, stage: str, values: dict) -> dict:
-    """The defaults of ``stage`` for ``spec.name`` from the spec table, keyed by flag."""
+    """The defaults of ``stage`` from ``spec`` (its sizes and its preset), keyed by flag."""
     defaults = spec.stages[stage]
     filled = {"lr": defaults.lr, "batch_size": defaults.batch_size, "max_epochs": defaults.max_epochs,
               "num_workers": default_num_workers(spec)}
@@ -176,9 +176,10 @@ def spec_defaults(spec: ModelSpec, stage: str, values: dict) -> dict:
 def resolve_defaults(args: Namespace, stage: str | Callable[[Namespace], str],
                      resume: dict | None = None) -> Namespace:
     """A copy of ``args`` with every flag left at None filled in: first from the --resume checkpoint's
-    arguments (a changed objective is refused), then FIXED_DEFAULTS, then the spec table's defaults of
-    ``stage`` for --model. ``stage`` may depend on the flags (classifier: --mode). The --resume
-    checkpoint must be of the same stage. The result is what args.json and every checkpoint record."""
+    arguments (a flag a resume cannot change is refused), then FIXED_DEFAULTS, then the defaults of
+    ``stage`` from the spec of --model. ``stage`` may depend on the flags (classifier: --mode). The
+    --resume checkpoint must be of the same stage and spec. The result is what args.json and every
+    checkpoint record."""
     values = inherit_values(vars(args), resume) if resume else dict(vars(args))
     values.update({name: value for name, value in FIXED_DEFAULTS.items()
                    if name in values and values[name] is None})
