@@ -27,6 +27,7 @@ from .errors import PatchDropError, error_line
 from .run import Run
 from .spec import STAGES, ModelSpec, check_same_spec, get_spec, spec_of_checkpoint, spec_record
 
+
 def add_common_args(parser: argparse.ArgumentParser) -> None:
     """The flags of all four scripts. A default of None means: from the --resume checkpoint when
     resuming, else FIXED_DEFAULTS or the spec of --model (``resolve_defaults``). The on/off speed
