@@ -114,7 +114,7 @@ def args_for(*argv):
     (["--compile", "--parallel"], 1, "--compile with --parallel is not supported"),
     (["--test_samples", 1], 2, "--test_samples 1 is fewer than the 2 processes"),
     (["--batch_size", 6], 4, "--batch_size 6 is the total over 4 processes"),
-    (["--gpu_data", "--model", "R50_ImgNet"], 1, "--gpu_data holds a whole CIFAR split"),
+    (["--gpu_data", "--model", "R50_ImgNet"], 1, "--gpu_data holds a whole split in device memory and augments it as CIFAR"),
 ])
 def test_flags_that_cannot_work_are_refused_by_check_args(argv, world, message):
     args = args_for("--batch_size", 128, *argv)
@@ -124,7 +124,7 @@ def test_flags_that_cannot_work_are_refused_by_check_args(argv, world, message):
 
 def test_gpu_data_on_a_224px_dataset_is_refused_before_overwrite_deletes(tmp_path):
     (tmp_path / "ckpt_last.pt").write_bytes(b"the previous run")
-    with pytest.raises(PatchDropError, match="--gpu_data holds a whole CIFAR split"):
+    with pytest.raises(PatchDropError, match="--gpu_data holds a whole split in device memory and augments it as CIFAR"):
         run(classifier_training, "--model", "R50_ImgNet", "--gpu_data", "--overwrite", "--cv_dir", tmp_path,
             "--data_dir", tmp_path / "no_such_folder", "--device", "cpu")
     assert (tmp_path / "ckpt_last.pt").read_bytes() == b"the previous run"

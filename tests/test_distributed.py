@@ -57,7 +57,7 @@ def test_statistics_of_a_rank_without_batches_reach_collectives_on_its_device(re
     assert policy["accuracy"] == pytest.approx(2 / 3) and policy["unique_policies"] == 2
     assert "baseline_reward" in policy and "nonfinite_step" not in policy
     classifier = ClassifierStats(META).compute()
-    assert classifier == {"accuracy": 0.75, "loss": 0.375}
+    assert classifier == {"accuracy": 0.75, "loss": 0.375, "images": 4}
     assert LossWatch(META).compute() == {}
     # kept, correct, reward, codes, baseline, loss watch; correct/loss/count sums, loss watch; loss watch
     assert len(recorded_collectives) == 6 + 2 + 1

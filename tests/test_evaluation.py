@@ -229,8 +229,8 @@ def shim_path(tmp_path: Path) -> str:
 
 @pytest.mark.slow
 def test_reproduce_script_runs_then_skips_finished_stages(tmp_path):
-    """The quick profile on fake data with tiny subsets (flags after -- override the profile's common
-    flags; its 2 epochs a stage stay), with the interpreter given by $PYTHON while the first python on
+    """The quick profile on fake data with tiny subsets (flags after -- replace the profile's: one epoch a
+    stage instead of its 2), with the interpreter given by $PYTHON while the first python on
     PATH cannot import torch."""
     out = tmp_path / "out"
     argv = ["bash", "scripts/reproduce.sh", "R32_C10", "--profile", "quick", "--out", str(out), "--",
@@ -245,7 +245,7 @@ def test_reproduce_script_runs_then_skips_finished_stages(tmp_path):
         assert (out / path).is_file(), path
     table = (out / "results.md").read_text()
     for row in ("| Ft-2: two-stream finetune", "| **Ft-1 at penalty -10**", "| **Ft-1 at penalty -2**",
-                "| random, k = ", "ft_p2/ckpt_last.pt, epoch 1 |", "| total |"):
+                "| random, k = ", "ft_p2/ckpt_last.pt, epoch 0 |", "| total |"):
         assert row in table, row
     # The finetune at penalty -2 started from the same pretrained policy and HR classifier as -10's.
     assert json.loads((out / "ft_p2" / "args.json").read_text())["penalty"] == -2
