@@ -202,9 +202,14 @@ def test_sync_bn_is_refused_on_a_cpu_group_and_keeps_the_checkpoint_keys(monkeyp
     plain.load_state_dict(synced.state_dict())  # a --sync_bn checkpoint loads into the plain network
 
 
-def test_compile_does_not_recompile_for_the_last_smaller_batch():
+def test_compile_does_not_recompile_for_the_last_smaller_batch(monkeypatch):
+    """Recompiles are dynamo's decision; the eager backend keeps inductor's code generation (tens of
+    seconds on 2 cores, compiled for real in tests/test_speed.py) out of the test."""
+    import functools
+
     from torch._dynamo.utils import counters
 
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
     torch._dynamo.reset()
     net = Accel(torch.device("cpu"), compile=True).prepare(
         torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(2)), trainable=True)

@@ -28,6 +28,7 @@ from utils.spec import SPECS
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
 FAKE = ["--fake_data", "--num_workers", 0, "--device", "cpu"]
+SMALL = [*FAKE, "--test_samples", 48, "--speed_batches", 1]  # evaluations that need no more images
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -168,8 +169,8 @@ def test_evaluate_classifier_checkpoints(tmp_path, fake_chain):
 
 def test_random_baseline_of_a_budget_does_not_depend_on_the_other_budgets(fake_chain):
     cv, _ = fake_chain
-    alone = run(evaluate, "--load", cv / "ft", "--baselines", "--budgets", 4, "--out", cv / "a", *FAKE)
-    among = run(evaluate, "--load", cv / "ft", "--baselines", "--budgets", 2, 4, 8, "--out", cv / "b", *FAKE)
+    alone = run(evaluate, "--load", cv / "ft", "--baselines", "--budgets", 4, "--out", cv / "a", *SMALL)
+    among = run(evaluate, "--load", cv / "ft", "--baselines", "--budgets", 2, 4, 8, "--out", cv / "b", *SMALL)
     assert alone["settings"]["random k=4"] == among["settings"]["random k=4"]
     from utils.evaluation import setting_seed
 
@@ -180,12 +181,12 @@ def test_outputs_go_into_the_run_folder_and_the_model_comes_from_the_checkpoint(
     from utils.evaluation import output_dir
 
     cv, _ = fake_chain
-    report = run(evaluate, "--load", cv / "ft", *FAKE)  # no --model: the checkpoint's
+    report = run(evaluate, "--load", cv / "ft", *SMALL)  # no --model: the checkpoint's
     assert report["model"] == "R32_C10"
     assert json.loads((cv / "ft" / "eval_ft.json").read_text())["accuracy"] == report["accuracy"]
     assert (cv / "ft" / "sweep_ft.csv").is_file() and f"wrote {cv / 'ft' / 'eval_ft.json'}" in capsys.readouterr().out
-    assert run(visualize, "--load", cv / "ft", "--num_images", 2, *FAKE) == str(cv / "ft" / "policy_ft.png")
-    assert run(visualize, "--load", cv / "ft" / "ckpt_best.pt", "--num_images", 2, *FAKE) == \
+    assert run(visualize, "--load", cv / "ft", "--num_images", 2, "--test_samples", 48, *FAKE) == str(cv / "ft" / "policy_ft.png")
+    assert run(visualize, "--load", cv / "ft" / "ckpt_best.pt", "--num_images", 2, "--test_samples", 48, *FAKE) == \
         str(cv / "ft" / "policy_ft_ckpt_best.png")
     # A checkpoint this repository ships is never written beside: cv/eval/<run>/ instead.
     shipped = ROOT / "results" / "R32_C10_cpu_full" / "checkpoints" / "ft_p0.5" / "ckpt_last.pt"

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ["versions", "gpu_tests", "step_speed_default", "step_speed_amp_cl", "classifier_throughput",
-         "stages_paper_fp32", "stages_paper_fast", "memory_r50_fp32", "memory_r50_bf16", "compile", "two_ranks"]
+         "stages_paper_fp32", "stages_paper_fast", "memory_r50_fp32", "memory_r50_bf16", "two_ranks"]
 
 
 @pytest.mark.slow
@@ -20,7 +20,8 @@ def test_gpu_check_cpu_smoke_runs_every_step(tmp_path):
                           text=True, timeout=600, env={**os.environ, "PYTHON": sys.executable})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     statuses = dict(line.split("\t")[:2] for line in (out / "steps.tsv").read_text().splitlines())
-    assert statuses == {name: "ok" for name in STEPS}
+    # Inductor's compilation (half a minute on 2 cores) is left to tests/test_speed.py.
+    assert statuses == {**{name: "ok" for name in STEPS}, "compile": "n/a: not in the CPU smoke run"}
     # The GPU tests skip cleanly here, with their reason.
     assert "skipped" in (out / "gpu_tests.log").read_text()
     stages = json.loads((out / "stages_paper_fast.json").read_text())
@@ -31,5 +32,5 @@ def test_gpu_check_cpu_smoke_runs_every_step(tmp_path):
     assert [(row["model"], row["stage"]) for row in memory] == [("R50_ImgNet", "pretrain"),
                                                                 ("R50_ImgNet", "finetune")]
     summary = (out / "summary.md").read_text()
-    assert "| compile | ok |" in summary and "0 step(s) not ok" in summary
+    assert "| compile | n/a: not in the CPU smoke run |" in summary and "0 step(s) not ok" in summary
     assert "the CIFAR-10 paper profile projects to" in summary

@@ -40,10 +40,11 @@ def test_shipped_networks_on_the_embedded_sample(name, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["ft", "ft_p2", "ft_p0.5"])
+@pytest.mark.parametrize("name", ["ft_p0.5"])
 def test_shipped_finetuned_policy_reproduces_its_readme_row(name, cifar10_full_test):
     """evaluate.py on the shipped weights-only checkpoint gives the accuracy and S of the run's own
-    evaluation (results/.../eval/<name>.json, the numbers of the README's table) to 0.001."""
+    evaluation (results/.../eval/<name>.json, the numbers of the README's table) to 0.001: the
+    headline row on all 10,000 test images (17 s); every shipped network is pinned on the sample above."""
     expected = json.loads((RESULTS / "eval" / f"{name}.json").read_text())
     report = run(evaluate, "--model", "R32_C10", "--load", CHECKPOINTS / name, "--data_dir", cifar10_full_test,
                  "--device", "cpu", "--num_workers", 0, "--speed_batches", 1, "--out", cifar10_full_test / "eval")
