@@ -2,8 +2,9 @@
 
 Rows: full HR, LR only, Pt, then for each fine-tuned policy (the paper's penalty first, then the penalty
 sweep's runs ``ft_p*``) random and fixed patches (centre, horizontal band, vertical band) at that
-policy's budget k on its own classifier and the policy itself, then Ft-2. Columns: accuracy, S (mean HR
-patches kept of 16) and the checkpoint the numbers come from. A last table gives each stage's wall time
+policy's budget k on its own classifier and the policy itself, then Ft-2. Columns: accuracy with its 95 %
+interval, S (mean HR patches kept of 16), for a baseline the policy's advantage over it with its 95 %
+paired interval, and the checkpoint the numbers come from. A last table gives each stage's wall time
 (from OUT/wall_times.tsv).
 
     python scripts/results_table.py OUT [--profile PROFILE]
@@ -30,13 +31,29 @@ def finetune_runs(evals: dict) -> list[str]:
     return (["ft"] if "ft" in evals else []) + sweep
 
 
-def table_rows(evals: dict) -> list[tuple[str, float, float, str]]:
+def interval(result: dict) -> str:
+    """The accuracy's 95 % interval, where the evaluation has one (evaluate.py of 2026-12 on)."""
+    return f"[{result['accuracy_low']:.4f}, {result['accuracy_high']:.4f}]" if "accuracy_low" in result else ""
+
+
+def paired(report: dict, setting: str | None) -> str:
+    """policy - baseline in points with its 95 % paired-bootstrap interval, for a baseline at the
+    policy's budget."""
+    pair = next((c for c in report.get("comparisons", []) if c["policy"] == "policy" and c["baseline"] == setting),
+                None)
+    if pair is None:
+        return ""
+    return f"{100 * pair['difference']:+.2f} [{100 * pair['low']:+.2f}, {100 * pair['high']:+.2f}]"
+
+
+def table_rows(evals: dict) -> list[tuple[str, float, str, float, str, str]]:
     rows = []
 
     def add(label: str, report: str, setting: str | None = None) -> None:
         if report in evals:
             result = evals[report]["settings"][setting] if setting else evals[report]
-            rows.append((label, result["accuracy"], result["sparsity"], checkpoint_label(evals[report])))
+            rows.append((label, result["accuracy"], interval(result), result["sparsity"],
+                         paired(evals[report], setting), checkpoint_label(evals[report])))
 
     add("full HR (stage-1 HR classifier)", "hr")
     add("LR only (stage-1 LR classifier)", "lr")
@@ -71,11 +88,11 @@ def main(out: Path, profile: str | None = None) -> None:
     first = next(iter(evals.values()), {})
     if profile == "quick":
         print(QUICK_NOTE)
-    print(f"| {first.get('model', '?')}, {first.get('test_images', '?')} test images | accuracy | "
-          f"S (of 16) | checkpoint |")
-    print("|---|---|---|---|")
-    for label, accuracy, sparsity, source in table_rows(evals):
-        print(f"| {label} | {accuracy:.4f} | {sparsity:.2f} | {source} |")
+    print(f"| {first.get('model', '?')}, {first.get('test_images', '?')} test images | accuracy | 95 % interval | "
+          f"S (of 16) | policy − this, points [95 % paired] | checkpoint |")
+    print("|---|---|---|---|---|---|")
+    for label, accuracy, low_high, sparsity, difference, source in table_rows(evals):
+        print(f"| {label} | {accuracy:.4f} | {low_high} | {sparsity:.2f} | {difference} | {source} |")
     times = wall_times(out)
     if times:
         print("\n| stage | wall time |\n|---|---|")

@@ -88,15 +88,31 @@ def seed_table(run: str, seeds: dict[int, dict]) -> list[str]:
     return lines
 
 
-def operating_point(run: str, seeds: dict[int, dict]) -> str:
-    penalty = next(iter(seeds.values()))["penalty"]
-    s = statistics.mean(r["sparsity"] for r in seeds.values())
-    curves = [topk_curve(r) for r in seeds.values()]
+def operating_point(run: str, seeds: dict[int, dict]) -> list[str]:
+    """The top-k curve of the fine-tuned classifier (mean over the seeds that swept --budgets) against
+    the reward's break-even: between two swept budgets, the accuracy points each patch buys, and how
+    many one patch must buy at the interval's middle for keeping it to pay. The policy keeps patches
+    while the first exceeds the second."""
+    swept = [r for r in seeds.values() if topk_curve(r)]
+    if not swept:
+        return []
+    penalty = swept[0]["penalty"]
+    curves = [topk_curve(r) for r in swept]
     curve = {k: statistics.mean(c[k] for c in curves) for k in curves[0]}
-    measured, low, high = slope(curve, s)
-    accuracy = statistics.mean(r["accuracy"] for r in seeds.values())
-    return (f"| {penalty:g} | {s:.2f} | {breakeven(accuracy, round(s), penalty):.2f} | {measured:.2f} (k = {low}→{high}) | "
-            + ", ".join(f"{k}: {curve[k]:.3f}" for k in sorted(curve)) + " |")
+    ks = sorted(curve)
+    spans = list(zip(ks, ks[1:]))
+    s = statistics.mean(r["sparsity"] for r in seeds.values())
+    lines = [f"**Penalty {penalty:g}**: the policy keeps S = {s:.2f} (mean of {len(seeds)} seeds); top-k curve "
+             f"of {len(swept)} seed(s)", "",
+             "| top-k budgets | " + " | ".join(f"{a}→{b}" for a, b in spans) + " |",
+             "|---|" + "---|" * len(spans),
+             "| accuracy at the upper budget | " + " | ".join(f"{curve[b]:.4f}" for _, b in spans) + " |",
+             "| points one patch buys | " + " | ".join(f"{100 * (curve[b] - curve[a]) / (b - a):.2f}"
+                                                       for a, b in spans) + " |",
+             "| break-even: points one patch must buy | "
+             + " | ".join(f"{breakeven((curve[a] + curve[b]) / 2, (a + b) / 2 + 0.5, penalty):.2f}"
+                          for a, b in spans) + " |"]
+    return lines
 
 
 def figure(runs: dict[str, dict[int, dict]], path: Path) -> None:
@@ -143,11 +159,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"error: {args.eval_dir} holds no <run>_s<seed>.json evaluations")
     for run, seeds in sorted(runs.items(), key=lambda r: -next(iter(r[1].values()))["penalty"]):
         print("\n".join(seed_table(run, seeds)) + "\n")
-    print("| penalty | S (mean) | break-even: points one patch may cost at round(S) | top-k curve: points per patch"
-          " there | top-k accuracy by k (mean over seeds) |")
-    print("|---|---|---|---|---|")
     for run, seeds in sorted(runs.items(), key=lambda r: -next(iter(r[1].values()))["penalty"]):
-        print(operating_point(run, seeds))
+        if lines := operating_point(run, seeds):
+            print("\n".join(lines) + "\n")
     if args.figure:
         figure(runs, args.figure)
         print(f"\nwrote {args.figure}")
