@@ -20,13 +20,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from utils.checkpoint import LAST, load_checkpoint  # noqa: E402
-from utils.cli import COMMAND_FLAGS, resolve_defaults  # noqa: E402
 from utils.errors import PatchDropError  # noqa: E402
 
+# torch and the stage scripts are imported only where a run exists to compare with: planning a new
+# stage costs no torch import (a few seconds), which is what each stage of a first run asks for.
+LAST = "ckpt_last.pt"  # utils.checkpoint.LAST (tests/test_evaluation.py checks that the two agree)
+
 # Flags that leave what a run computes unchanged: a run made with other values is reused.
-NOT_COMPARED = (*COMMAND_FLAGS, "max_epochs", "test_interval", "num_workers", "print_freq", "no_download",
-                "amp", "channels_last", "compile", "gpu_data", "parallel", "no_tf32", "sync_bn")
+NOT_COMPARED = ("cv_dir", "device", "overwrite", "resume", "max_epochs", "test_interval", "num_workers",
+                "print_freq", "no_download", "amp", "channels_last", "compile", "gpu_data", "parallel", "no_tf32",
+                "sync_bn")
 
 
 def is_flag(token: str) -> bool:
@@ -52,6 +55,8 @@ def merge_flags(tokens: list[str]) -> list[str]:
 
 def requested_args(script: str, run_dir: Path, flags: list[str]) -> tuple[str, dict]:
     """The stage and the resolved arguments (what args.json would record) of SCRIPT with ``flags``."""
+    from utils.cli import resolve_defaults  # noqa: PLC0415 (imports torch)
+
     module = importlib.import_module(Path(script).stem)
     args = module.get_args_parser().parse_args([*flags, "--cv_dir", str(run_dir)])
     stage = getattr(module, "STAGE", None) or module.stage_of
@@ -62,6 +67,8 @@ def requested_args(script: str, run_dir: Path, flags: list[str]) -> tuple[str, d
 def plan(script: str, run_dir: Path, flags: list[str]) -> str:
     if not (run_dir / LAST).is_file():
         return "none"
+    from utils.checkpoint import load_checkpoint  # noqa: PLC0415 (imports torch)
+
     stage, requested = requested_args(script, run_dir, flags)
     ckpt = load_checkpoint(run_dir, stages=(stage,), model=requested["model"])
     recorded = ckpt["args"]

@@ -266,6 +266,21 @@ def test_reproduce_script_runs_then_skips_finished_stages(tmp_path):
                                     f"delete {out / 'hr'}")
 
 
+def test_plan_stage_merges_flags_and_mirrors_the_code_it_avoids_importing(monkeypatch):
+    """scripts/plan_stage.py plans a new stage without importing torch; its copies of the checkpoint's
+    file name and of the command's own flags must agree with utils/."""
+    from utils.checkpoint import LAST
+    from utils.cli import COMMAND_FLAGS, RESUME_MAY_CHANGE
+
+    monkeypatch.syspath_prepend(str(ROOT / "scripts"))
+    import plan_stage
+
+    assert plan_stage.LAST == LAST
+    assert set(COMMAND_FLAGS) <= set(plan_stage.NOT_COMPARED) <= set(COMMAND_FLAGS) | set(RESUME_MAY_CHANGE)
+    assert plan_stage.merge_flags(["--lr", "1e-4", "--penalty", "-10", "--lr", "1e-3", "--amp"]) == \
+        ["--lr", "1e-3", "--penalty", "-10", "--amp"]
+
+
 def test_reproduce_script_refuses_an_interpreter_without_torch(tmp_path):
     env = {**os.environ, "PATH": shim_path(tmp_path)}
     env.pop("PYTHON", None)

@@ -210,7 +210,7 @@ def make_cifar_folders(root: Path, per_class: int = 16) -> Path:
 def test_two_runs_at_once_on_the_same_data(tmp_path):
     data = make_cifar_folders(tmp_path / "data")
     argv = cli("classifier_training.py", "--data_dir", data, "--max_epochs", 2, "--batch_size", 8,
-               "--num_workers", 2, "--no_download", "--device", "cpu")
+               "--train_samples", 48, "--test_samples", 48, "--num_workers", 2, "--no_download", "--device", "cpu")
     procs = [subprocess.Popen(argv + ["--cv_dir", str(tmp_path / name)], cwd=ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for name in ("a", "b")]
     for proc in procs:

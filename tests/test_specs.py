@@ -153,7 +153,7 @@ def test_a_spec_file_of_the_cifar10_folders_trains_exactly_as_r32_c10(tmp_path, 
     (without the wall times and rates, which differ between any two runs)."""
     spec_file = write_spec(tmp_path / "my_cifar10.toml", CIFAR10_FIELDS)
     data = ["--data_dir", cifar10_dir, "--max_epochs", 2, "--test_interval", 1, "--num_workers", 0,
-            "--no_download", "--device", "cpu", "--batch_size", 64]
+            "--no_download", "--device", "cpu", "--batch_size", 64, "--train_samples", 128, "--test_samples", 64]
     chain(tmp_path / "builtin", "R32_C10", data)
     chain(tmp_path / "file", str(spec_file), data)
     for stage in ("hr", "lr", "pt", "ft", "ft2"):
@@ -178,7 +178,7 @@ def upscaled_subset(root: Path, classes, per_split: dict[str, int], size: int) -
 def test_a_spec_no_built_in_model_covers_runs_every_stage_evaluate_and_visualize(tmp_path, capsys):
     """64-px images of 5 CIFAR-10 classes, an 8 x 8 grid of 8-px patches, a 16-px LR image; its
     normalization measured by scripts/spec_stats.py."""
-    data = upscaled_subset(tmp_path / "data", CIFAR10_CLASSES[:5], {"train": 40, "test": 20}, 64)
+    data = upscaled_subset(tmp_path / "data", CIFAR10_CLASSES[:5], {"train": 20, "test": 10}, 64)
     fields = {**CIFAR10_FIELDS, "name": "cifar5_64", "folder": "cifar5_64", "classes": "from the folders",
               "hr_size": 64, "grid": 8, "lr_size": 16, "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
     spec_file = write_spec(tmp_path / "cifar5_64.toml", fields)
@@ -197,12 +197,12 @@ def test_a_spec_no_built_in_model_covers_runs_every_stage_evaluate_and_visualize
     assert final["spec"]["grid"] == 8 and final["spec"]["classes"] == 5
     assert final["agent"]["fc.weight"].shape[0] == 64 and final["resnet_hr"]["fc.weight"].shape[0] == 5
     metrics = [json.loads(line) for line in (cv / "ft" / "metrics.jsonl").read_text().splitlines()]
-    assert 0 <= metrics[-1]["test_sparsity"] <= 64 and metrics[-1]["test_images"] == 100
+    assert 0 <= metrics[-1]["test_sparsity"] <= 64 and metrics[-1]["test_images"] == 50
 
     eval_args = ["--data_dir", data, "--num_workers", 0, "--device", "cpu", "--out", tmp_path / "eval"]
     report = run(evaluate, "--load", cv / "ft", "--ckpt_lr_cl", cv / "lr", "--baselines", "--budgets", 8, 32,
                  *eval_args)
-    assert report["model"] == "cifar5_64" and report["test_images"] == 100
+    assert report["model"] == "cifar5_64" and report["test_images"] == 50
     assert report["settings"]["center k=32"]["sparsity"] == 32 and report["settings"]["full_hr"]["sparsity"] == 64
     assert spec_of_checkpoint(ckpt(cv / "ft" / "ckpt_last.pt")).num_patches == 64
     figure = run(visualize, "--load", cv / "ft2", "--num_images", 4, *eval_args)
