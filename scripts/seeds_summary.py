@@ -129,7 +129,10 @@ def figure(runs: dict[str, dict[int, dict]], path: Path) -> None:
         reports = list(seeds.values())
         for method, (color, marker, label) in styles.items():
             ks = sorted({int(s["setting"]) for s in reports[0]["settings"].values() if s["method"] == method})
-            values = [[r["settings"][f"{method} k={k}"]["accuracy"] for r in reports] for k in ks]
+            # The curves over the seeds that swept --budgets (the others hold only the policy's budget).
+            values = [[r["settings"][f"{method} k={k}"]["accuracy"] for r in reports
+                       if f"{method} k={k}" in r["settings"]] for k in ks]
+            ks, values = zip(*[(k, v) for k, v in zip(ks, values) if v]) if any(values) else ((), ())
             ax.errorbar(ks, [statistics.mean(v) for v in values], [statistics.pstdev(v) for v in values], color=color,
                         marker=marker, markersize=4, linewidth=1, capsize=2, label=label)
         xs, ys = [r["sparsity"] for r in reports], [r["accuracy"] for r in reports]
