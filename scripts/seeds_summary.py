@@ -57,14 +57,6 @@ def breakeven(accuracy: float, s: float, penalty: float, patches: int = 16) -> f
     return 100 * accuracy * (1 - c(s) / c(s - 1))
 
 
-def slope(curve: dict[int, float], s: float) -> tuple[float, int, int]:
-    """Accuracy points per patch of the top-k curve between the swept budgets around S."""
-    ks = sorted(curve)
-    low = max([k for k in ks if k <= s], default=ks[0])
-    high = min([k for k in ks if k > low], default=ks[-1])
-    return 100 * (curve[high] - curve[low]) / (high - low), low, high
-
-
 def seed_table(run: str, seeds: dict[int, dict]) -> list[str]:
     penalty = next(iter(seeds.values()))["penalty"]
     lines = [f"**Penalty {penalty:g}** ({run}; {len(seeds)} seeds, 10,000 test images each)", "",
